@@ -38,6 +38,7 @@ struct ks_bus {
     void *ack_arg;
     int64_t js_wait_ms;
     atomic_int connected;
+    atomic_int closing;     /* ks_bus_destroy started: disconnects are expected */
 };
 
 struct ks_bus_kv {
@@ -98,7 +99,8 @@ static void on_disconnected(natsConnection *nc, void *closure)
     ks_bus *bus = closure;
     atomic_store(&bus->connected, 0);
     ks_metric_set(ks_metrics_gauge("ks_bus_connected", "1 while connected to NATS", NULL), 0);
-    ks_warn("nats: disconnected");
+    if (!atomic_load(&bus->closing))
+        ks_warn("nats: disconnected");
     bus_set_state(bus, KS_BUS_DISCONNECTED);
 }
 
@@ -277,6 +279,7 @@ void ks_bus_destroy(ks_bus *bus)
 
     if (bus == NULL)
         return;
+    atomic_store(&bus->closing, 1);
     if (bus->nc != NULL) {
         natsConnection_Close(bus->nc);
         /* nats.c issue 735: callbacks may still run after Close returns; keep
