@@ -8,6 +8,7 @@ CC ?= gcc
 V ?= 0
 SANITIZER ?=
 OPT ?= -O2
+comma := ,
 
 ifeq ($(SANITIZER),)
 BUILD := build/default
@@ -17,7 +18,6 @@ BUILD := build/san-$(subst $(comma),-,$(SANITIZER))
 SAN_FLAGS := -fsanitize=$(SANITIZER) -fno-omit-frame-pointer -fno-sanitize-recover=all
 OPT := -O1
 endif
-comma := ,
 
 PKGS := libnats libprotobuf-c libmicrohttpd jansson sqlite3 libcurl libcrypt libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)

@@ -25,11 +25,12 @@ struct ks_admin {
 };
 
 /* The per-request marker: the first call of the handler only sees headers,
- * the answer is queued on the second (DESIGN.md §11: queuing on the first
- * call costs keep-alive). */
+ * a normal answer is queued on the second (DESIGN.md §11: queuing on the
+ * first call costs keep-alive). */
 static int admin_seen;
 
-static void admin_mhd_log(void *cls, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+static void admin_mhd_log(void *cls, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
 
 static void admin_mhd_log(void *cls, const char *fmt, va_list ap)
 {
@@ -101,6 +102,17 @@ static enum MHD_Result admin_metrics(struct MHD_Connection *conn)
                       MHD_RESPMEM_MUST_FREE, 0);
 }
 
+/* A declared body: a Content-Length other than 0, or any Transfer-Encoding. */
+static int admin_has_body(struct MHD_Connection *conn)
+{
+    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_TRANSFER_ENCODING);
+
+    return te != NULL || (cl != NULL && strcmp(cl, "0") != 0);
+}
+
 static enum MHD_Result admin_handle(void *cls, struct MHD_Connection *conn, const char *url,
                                     const char *method, const char *version,
                                     const char *upload_data, size_t *upload_data_size,
@@ -109,15 +121,23 @@ static enum MHD_Result admin_handle(void *cls, struct MHD_Connection *conn, cons
     ks_admin *a = cls;
 
     if (*req_cls == NULL) {
+        /* Refusals are answered at once, before any body is read: MHD can
+         * only queue a response before the upload starts or after it ends,
+         * and waiting for the end would mean reading an upload of any size.
+         * MHD closes such a connection after the answer. */
+        if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 &&
+            strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+            return admin_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed", 1);
+        if (admin_has_body(conn))
+            return admin_text(conn, MHD_HTTP_CONTENT_TOO_LARGE, "request body not accepted", 0);
         *req_cls = &admin_seen;
         return MHD_YES;
     }
-    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-        return admin_text(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed", 1);
-    /* No endpoint takes a body: answer before reading it, MHD then closes
-     * the connection instead of draining an upload of any size. */
-    if (*upload_data_size != 0)
-        return admin_text(conn, MHD_HTTP_CONTENT_TOO_LARGE, "request body not accepted", 0);
+    if (*upload_data_size != 0) {
+        /* Unreachable after the checks above; drop it rather than fail. */
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
     if (strcmp(url, "/healthz") == 0 || strcmp(url, "/livez") == 0)
         return admin_text(conn, MHD_HTTP_OK, "ok", 0);
     if (strcmp(url, "/readyz") == 0)
@@ -131,7 +151,7 @@ ks_status ks_admin_start(const char *addr, ks_admin_ready_fn ready, void *arg, k
 {
     ks_status s = KS_ERR_INVALID;
     ks_admin *a = NULL;
-    struct addrinfo hints, *ai = NULL;
+    struct addrinfo hints, *ai = NULL, *pick;
     struct sockaddr_storage ss;
     char host[KS_ADDR_HOST_MAX + 1];
     char why[128];
@@ -158,15 +178,24 @@ ks_status ks_admin_start(const char *addr, ks_admin_ready_fn ready, void *arg, k
         s = KS_FAIL(KS_ERR_INVALID, "admin: cannot resolve %s", host);
         goto out;
     }
+    /* A name like "localhost" may list ::1 first; clients and scripts expect
+     * 127.0.0.1, so an IPv4 address wins when there is one. */
+    pick = ai;
+    for (struct addrinfo *p = ai; p != NULL; p = p->ai_next) {
+        if (p->ai_family == AF_INET) {
+            pick = p;
+            break;
+        }
+    }
     memset(&ss, 0, sizeof(ss));
-    if (ai->ai_family == AF_INET6) {
+    if (pick->ai_family == AF_INET6) {
         struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)(void *)&ss;
-        memcpy(sin6, ai->ai_addr, sizeof(*sin6));
+        memcpy(sin6, pick->ai_addr, sizeof(*sin6));
         sin6->sin6_port = htons((uint16_t)port);
         flags |= MHD_USE_IPv6;
-    } else if (ai->ai_family == AF_INET) {
+    } else if (pick->ai_family == AF_INET) {
         struct sockaddr_in *sin = (struct sockaddr_in *)(void *)&ss;
-        memcpy(sin, ai->ai_addr, sizeof(*sin));
+        memcpy(sin, pick->ai_addr, sizeof(*sin));
         sin->sin_port = htons((uint16_t)port);
     } else {
         ks_error("admin: '%s' is not an IPv4 or IPv6 address", host);
@@ -188,7 +217,6 @@ ks_status ks_admin_start(const char *addr, ks_admin_ready_fn ready, void *arg, k
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)KS_ADMIN_MAX_CONNECTIONS,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)KS_ADMIN_TIMEOUT_S,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)ADMIN_MEMORY_LIMIT,
-        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)1,
         MHD_OPTION_END);
     if (a->daemon == NULL) {
         ks_error("admin: cannot listen on %s (address in use or not local?)", addr);

@@ -25,7 +25,8 @@ typedef struct ks_admin ks_admin;
 typedef int (*ks_admin_ready_fn)(void *arg, char *why, size_t whycap);
 
 /* Listen on addr ("127.0.0.1:9191", "[::1]:9191", "0.0.0.0:9191"; a host name
- * is resolved and its first address used; port 0 picks a free port).
+ * is resolved and its first IPv4 address used, else its first IPv6 one; port
+ * 0 picks a free port).
  *   GET/HEAD /healthz -> 200 "ok"; /livez the same;
  *   /readyz  -> 200 "ok" or 503 "not ready: <why>";
  *   /metrics -> 200 text/plain; version=0.0.4 with ks_metrics_render();

@@ -548,6 +548,10 @@ static ks_status js_error(natsStatus ns, jsErrCode code, const char *what)
         return KS_FAIL(KS_ERR_NOT_FOUND, "%s: not found", what);
     if (ns == NATS_OK)
         return KS_OK;
+    /* cnats reports no responders with code JSNotEnabledErr; say what it is,
+     * as the async ack path and ks_bus_request do */
+    if (ns == NATS_NO_RESPONDERS)
+        return from_nats(ns, what);
     if (code != 0)
         return KS_FAIL(ns == NATS_TIMEOUT ? KS_ERR_TIMEOUT : KS_ERR_UNAVAILABLE,
                        "%s: %s (jetstream error %d)", what, natsStatus_GetText(ns), (int)code);
@@ -653,6 +657,46 @@ static void consumer_options(const ks_bus_consumer_cfg *cfg, jsSubOptions *so)
     so->Config.MaxDeliver = cfg->max_deliver > 0 ? cfg->max_deliver : -1;
 }
 
+/* cnats 3.4.1 deletes a consumer that its own js_Subscribe/js_PullSubscribe
+ * created as soon as that subscription is unsubscribed or drained, durable or
+ * not (jsi->dc). Create the durable here first, so that cnats only attaches to
+ * it and ks_bus_unsubscribe leaves it on the server. */
+static ks_status consumer_ensure(ks_bus *bus, const ks_bus_consumer_cfg *cfg,
+                                 const jsSubOptions *so, int push)
+{
+    jsConsumerInfo *ci = NULL;
+    jsConsumerConfig cc = so->Config;
+    natsInbox *inbox = NULL;
+    jsErrCode code = 0;
+    natsStatus ns;
+
+    ns = js_GetConsumerInfo(&ci, bus->js, cfg->stream, cfg->durable, NULL, &code);
+    jsConsumerInfo_Destroy(ci);
+    ci = NULL;
+    if (ns == NATS_OK)
+        return KS_OK;
+    if (ns != NATS_NOT_FOUND && code != JSConsumerNotFoundErr)
+        return js_error(ns, code, cfg->durable);
+    cc.FilterSubject = cfg->filter_subject;
+    if (push) {
+        ns = natsInbox_Create(&inbox);
+        if (ns != NATS_OK)
+            return from_nats(ns, "deliver inbox");
+        cc.DeliverSubject = inbox;
+    }
+    code = 0;
+    ns = js_AddConsumer(&ci, bus->js, cfg->stream, &cc, NULL, &code);
+    jsConsumerInfo_Destroy(ci);
+    ci = NULL;
+    natsInbox_Destroy(inbox);
+    if (ns != NATS_OK) { /* another replica may have created it first */
+        code = 0;
+        ns = js_GetConsumerInfo(&ci, bus->js, cfg->stream, cfg->durable, NULL, &code);
+        jsConsumerInfo_Destroy(ci);
+    }
+    return js_error(ns, code, cfg->durable);
+}
+
 ks_status ks_bus_js_subscribe(ks_bus *bus, const ks_bus_consumer_cfg *cfg,
                               ks_bus_handler handler, void *arg, ks_bus_sub **out)
 {
@@ -668,6 +712,11 @@ ks_status ks_bus_js_subscribe(ks_bus *bus, const ks_bus_consumer_cfg *cfg,
     if (s == NULL)
         return KS_FAIL(KS_ERR_NOMEM, "subscription");
     consumer_options(cfg, &so);
+    st = consumer_ensure(bus, cfg, &so, 1);
+    if (st != KS_OK) {
+        free(s);
+        return st;
+    }
     ns = js_Subscribe(&s->ns, bus->js, cfg->filter_subject, sub_on_msg, s, NULL, &so, &code);
     if (ns != NATS_OK) {
         free(s);
@@ -693,6 +742,11 @@ ks_status ks_bus_js_pull_subscribe(ks_bus *bus, const ks_bus_consumer_cfg *cfg, 
     if (s == NULL)
         return KS_FAIL(KS_ERR_NOMEM, "subscription");
     consumer_options(cfg, &so);
+    st = consumer_ensure(bus, cfg, &so, 0);
+    if (st != KS_OK) {
+        free(s);
+        return st;
+    }
     ns = js_PullSubscribe(&s->ns, bus->js, cfg->filter_subject, cfg->durable, NULL, &so, &code);
     if (ns != NATS_OK) {
         free(s);
@@ -890,6 +944,7 @@ out:
 static void *kv_watch_thread(void *arg)
 {
     ks_bus_kv_watcher *w = arg;
+    int initial_done = 0;
 
     while (!atomic_load(&w->stop)) {
         kvEntry *e = NULL;
@@ -900,7 +955,15 @@ static void *kv_watch_thread(void *arg)
         if (ns != NATS_OK)
             break; /* stopped or the connection closed */
         if (e == NULL) {
+            initial_done = 1;
             w->fn(NULL, w->arg);
+            continue;
+        }
+        /* cnats also replays the delete and purge markers of keys that are
+         * gone; they are not current values (bus.h), so skip them until the
+         * initial values are done. */
+        if (!initial_done && kvEntry_Operation(e) != kvOp_Put) {
+            kvEntry_Destroy(e);
             continue;
         }
         {

@@ -517,8 +517,8 @@ ks_status ks_config_parse(const ks_config_opt *table, size_t n, void *cfg, int a
         o = cfg_find(table, n, name, len);
         if (o == NULL) {
             if (!bad_args)
-                cfg_err(first_err, sizeof(first_err), "unknown flag --%.*s", (int)(len > 80 ? 80 : len),
-                        name);
+                cfg_err(first_err, sizeof(first_err), "unknown flag --%.*s",
+                        (int)(len > 80 ? 80 : len), name);
             bad_args = 1;
             continue;
         }
@@ -696,7 +696,8 @@ void ks_config_print_help(FILE *f, const char *program, const char *summary,
           f);
 }
 
-/* "nats://user:pw@host" -> "nats://user:***@host", for every URL of a list. */
+/* Mask credentials in every URL of a list: the password of user:pw@ becomes
+ * "***" (the user stays), a bare token@ becomes "***@". */
 static void cfg_put_url_masked(FILE *f, const char *u)
 {
     while (*u) {
@@ -718,8 +719,10 @@ static void cfg_put_url_masked(FILE *f, const char *u)
             }
             if (at != NULL)
                 colon = memchr(auth, ':', (size_t)(at - auth));
-            if (colon != NULL)
+            if (colon != NULL) /* user:password@: keep the user */
                 fprintf(f, "%.*s:***%.*s", (int)(colon - u), u, (int)(end - at), at);
+            else if (at != NULL) /* token@: NATS token authentication */
+                fprintf(f, "%.*s***%.*s", (int)(auth - u), u, (int)(end - at), at);
             else
                 fprintf(f, "%.*s", (int)(end - u), u);
         }
@@ -772,8 +775,8 @@ void ks_config_load_or_exit(const ks_config_opt *table, size_t n, void *cfg, int
     ks_config_action action = KS_CONFIG_RUN;
 
     if (ks_config_parse(table, n, cfg, argc, argv, &action, err, sizeof(err)) != KS_OK) {
-        fprintf(stderr, "%s: %s\n", program, err);
-        fprintf(stderr, "%s: run '%s --help' for the list of settings\n", program, program);
+        /* Exactly one line, naming the setting (the issue's contract). */
+        fprintf(stderr, "%s: %s (see --help)\n", program, err);
         exit(2);
     }
     switch (action) {

@@ -103,8 +103,9 @@ void ks_config_print_help(FILE *f, const char *program, const char *summary,
 
 /* Print "PROGRAM: configuration ok" and then one line per option,
  * "  name = value", to f: durations as text ("2s"), bools as true/false,
- * unset values as "(unset)", secrets as "(secret)" and URL passwords as
- * "***". cfg must come from a successful ks_config_parse. */
+ * unset values as "(unset)", secrets as "(secret)", and in URLs the password
+ * of user:password@ and a bare token@ as "***". cfg must come from a
+ * successful ks_config_parse. */
 void ks_config_print_values(FILE *f, const char *program, const ks_config_opt *table, size_t n,
                             const void *cfg);
 

@@ -165,8 +165,9 @@ void ks_kube_client_destroy(ks_kube_client *c);
  * NULL; content_type NULL means application/json, or
  * application/merge-patch+json for PATCH. timeout_ms <= 0 uses the client's
  * default. Thread-safe.
- * *out is reset first, then filled whenever kube-apiserver answered, whatever
- * the code; the caller frees it with ks_kube_response_clear(). Returns KS_OK
+ * *out is overwritten first (previous contents are not freed, so it may be
+ * uninitialized), then filled whenever kube-apiserver answered, whatever the
+ * code; the caller frees it with ks_kube_response_clear(). Returns KS_OK
  * for 2xx; otherwise ks_kube_status_map(code) for an HTTP error,
  * KS_ERR_TIMEOUT, KS_ERR_UNAVAILABLE (cannot connect or connection lost),
  * KS_ERR_TOO_LARGE (body over KS_KUBE_MAX_BODY; nothing kept), KS_ERR_CLOSED
@@ -206,8 +207,8 @@ typedef int (*ks_kube_chunk_cb)(const char *chunk, size_t len, void *arg);
  * answer the mapped status (the callback is not called; the body, capped at
  * KS_KUBE_MAX_ERROR_BODY, and its Status go to *resp); KS_ERR_UNAVAILABLE when
  * the connection fails or breaks; KS_ERR_CLOSED after shutdown; KS_ERR_INVALID.
- * resp may be NULL; if given it is reset first and filled when an answer
- * arrived (for 2xx without body: the code only). */
+ * resp may be NULL; if given it is overwritten first (as in ks_kube_request)
+ * and filled when an answer arrived (for 2xx: the code only). */
 ks_status ks_kube_stream(ks_kube_client *c, const char *path, long timeout_ms,
                          ks_kube_chunk_cb cb, void *arg, ks_kube_response *resp)
     __attribute__((warn_unused_result));

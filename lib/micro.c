@@ -36,6 +36,8 @@ struct ks_micro {
     char started[40];
     json_t *metadata;
     pthread_mutex_t mu;
+    pthread_mutex_t add_mu;  /* serializes ks_micro_add_endpoint: a slot is
+                                filled outside mu, before nendpoints counts it */
     micro_endpoint endpoints[MICRO_MAX_ENDPOINTS];
     size_t nendpoints;
     ks_bus_sub *srv_subs[3];
@@ -209,6 +211,7 @@ ks_status ks_micro_create(ks_bus *bus, const ks_micro_cfg *cfg, ks_micro **out)
     if (m == NULL)
         return KS_FAIL(KS_ERR_NOMEM, "micro");
     pthread_mutex_init(&m->mu, NULL);
+    pthread_mutex_init(&m->add_mu, NULL);
     m->bus = bus;
     m->name = strdup(cfg->name);
     m->version = strdup(cfg->version ? cfg->version : "0.0.0");
@@ -253,9 +256,11 @@ ks_status ks_micro_add_endpoint(ks_micro *m, const char *name, const char *subje
 
     if (!valid_name(name))
         return KS_FAIL(KS_ERR_INVALID, "endpoint name \"%s\" must match [A-Za-z0-9_-]+", name);
+    pthread_mutex_lock(&m->add_mu);
     pthread_mutex_lock(&m->mu);
     if (m->nendpoints == MICRO_MAX_ENDPOINTS) {
         pthread_mutex_unlock(&m->mu);
+        pthread_mutex_unlock(&m->add_mu);
         return KS_FAIL(KS_ERR_TOO_LARGE, "more than %d endpoints", MICRO_MAX_ENDPOINTS);
     }
     e = &m->endpoints[m->nendpoints];
@@ -277,12 +282,14 @@ ks_status ks_micro_add_endpoint(ks_micro *m, const char *name, const char *subje
     pthread_mutex_lock(&m->mu);
     m->nendpoints++;
     pthread_mutex_unlock(&m->mu);
+    pthread_mutex_unlock(&m->add_mu);
     return KS_OK;
 fail:
     free(e->name);
     free(e->subject);
     free(e->queue);
     memset(e, 0, sizeof(*e));
+    pthread_mutex_unlock(&m->add_mu);
     return st;
 }
 
@@ -309,6 +316,7 @@ void ks_micro_destroy(ks_micro *m)
     free(m->name);
     free(m->version);
     free(m->description);
+    pthread_mutex_destroy(&m->add_mu);
     pthread_mutex_destroy(&m->mu);
     free(m);
 }

@@ -1,6 +1,7 @@
 #include "service.h"
 
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,10 @@ struct ks_service {
     ks_bus *bus;
     ks_micro *micro;
     ks_admin *admin;
+    /* Set once bus and micro exist. The admin thread's ready probe reads them
+     * only after seeing it, so their writes in ks_service_start do not race
+     * with the probe (the listener starts first, to answer while NATS is away). */
+    atomic_int up;
 };
 
 void ks_service_init_signals(void)
@@ -30,12 +35,12 @@ static int service_ready(void *arg, char *why, size_t whycap)
 {
     ks_service *svc = arg;
 
-    if (svc->bus == NULL || !ks_bus_is_connected(svc->bus)) {
-        snprintf(why, whycap, "not connected to NATS");
+    if (!atomic_load(&svc->up)) {
+        snprintf(why, whycap, "starting");
         return 0;
     }
-    if (svc->micro == NULL) {
-        snprintf(why, whycap, "starting");
+    if (!ks_bus_is_connected(svc->bus)) {
+        snprintf(why, whycap, "not connected to NATS");
         return 0;
     }
     if (svc->spec->ready != NULL)
@@ -82,6 +87,7 @@ ks_status ks_service_start(const ks_service_spec *spec, const ks_service_common 
     st = ks_micro_create(svc->bus, &mc, &svc->micro);
     if (st)
         goto out;
+    atomic_store(&svc->up, 1);
 
     ks_info("started: version %s, admin on port %d, NATS %s", KS_VERSION,
             ks_admin_port(svc->admin), cfg->nats_url);
@@ -130,6 +136,24 @@ void ks_service_stop(ks_service *svc)
     ks_micro_destroy(svc->micro);
     ks_bus_destroy(svc->bus);
     free(svc);
+}
+
+ks_status ks_service_kube_client(const ks_service_common *cfg, ks_kube_client **out)
+{
+    ks_kube_config kc = {0};
+    ks_status st;
+
+    if (cfg->kubeconfig != NULL)
+        st = ks_kube_config_from_kubeconfig(cfg->kubeconfig, NULL, &kc);
+    else if (getenv("KUBERNETES_SERVICE_HOST") != NULL)
+        st = ks_kube_config_in_cluster(NULL, &kc);
+    else
+        st = KS_FAIL(KS_ERR_INVALID,
+                     "no Kubernetes configured: set KS_KUBECONFIG (--kubeconfig) or run in a pod");
+    if (st == KS_OK)
+        st = ks_kube_client_create(&kc, out);
+    ks_kube_config_clear(&kc);
+    return st;
 }
 
 int ks_service_main(const ks_service_def *def, int argc, char **argv)

@@ -13,6 +13,7 @@
 
 #include "bus.h"
 #include "config.h"
+#include "kube.h"
 #include "micro.h"
 #include "status.h"
 
@@ -38,7 +39,7 @@ typedef struct {
     {"log-level", KS_CFG_ENUM, "info", 0, 0, "debug|info|warn|error",                         \
      offsetof(type, common.log_level), "minimum level of log lines", 0},                      \
     {"kubeconfig", KS_CFG_PATH, NULL, 0, 0, NULL, offsetof(type, common.kubeconfig),          \
-     "kubeconfig of kube-apiserver (empty: in-cluster or none)", 0},                          \
+     "kubeconfig of kube-apiserver (unset: in-cluster credentials when in a pod)", 0}, \
     {"request-timeout", KS_CFG_DURATION, "5s", 1, 600000, NULL,                               \
      offsetof(type, common.request_timeout_ms), "deadline of a NATS request", 0}
 
@@ -75,6 +76,12 @@ int ks_service_wait(ks_service *svc);
 /* Stop the admin listener, the micro responder and the bus, and free.
  * NULL is a no-op. */
 void ks_service_stop(ks_service *svc);
+
+/* A Kubernetes client from the common settings: the kubeconfig when set,
+ * else the in-cluster service account when running in a pod, else
+ * KS_ERR_INVALID naming KS_KUBECONFIG. */
+ks_status ks_service_kube_client(const ks_service_common *cfg, ks_kube_client **out)
+    __attribute__((warn_unused_result));
 
 /* A whole service: its config table and the hooks that start and stop its
  * own parts once the common runtime runs. */

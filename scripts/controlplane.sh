@@ -238,12 +238,25 @@ kube_ready() {
         "https://127.0.0.1:${PORT[kube]}/readyz"
 }
 
+# kube_why: the /readyz checks that fail, if the apiserver answers at all.
+kube_why() {
+    local out
+    out=$(curl -s --max-time 2 --cacert "$DIR/pki/ca.crt" -H "@$DIR/pki/admin.header" \
+        "https://127.0.0.1:${PORT[kube]}/readyz?verbose" 2>/dev/null | grep '^\[-\]') || return 0
+    log_error "kube-apiserver /readyz checks failing:"
+    printf '%s\n' "$out" | sed 's/^/    /' >&2
+}
+
 apply_config() {
     local crds=() roles=() left
     shopt -s nullglob
     crds=("$KS_ROOT"/config/crds/*.yaml "$KS_ROOT"/config/crds/*.yml)
     roles=("$KS_ROOT"/config/roles/*.yaml "$KS_ROOT"/config/roles/*.yml)
     shopt -u nullglob
+    : >"$DIR/logs/kubectl.log"
+    kubectl_ create namespace kubesphere-system --dry-run=client -o yaml 2>>"$DIR/logs/kubectl.log" |
+        kubectl_ apply --server-side -f - >>"$DIR/logs/kubectl.log" 2>&1 ||
+        { log_tail kubectl "$DIR/logs/kubectl.log"; fail "creating namespace kubesphere-system failed"; }
     if [ ${#crds[@]} -gt 0 ]; then
         local args=()
         for f in "${crds[@]}"; do args+=(-f "$f"); done
@@ -262,13 +275,17 @@ apply_config() {
     if [ ${#roles[@]} -gt 0 ]; then
         local args=()
         for f in "${roles[@]}"; do args+=(-f "$f"); done
-        kubectl_ apply --server-side --force-conflicts "${args[@]}" >>"$DIR/logs/kubectl.log" 2>&1 ||
-            { log_tail kubectl "$DIR/logs/kubectl.log"; fail "applying config/roles/ failed"; }
+        # An Established CRD can take a moment to appear in discovery; retry
+        # "no matches for kind" for a few seconds.
+        local try
+        for try in 1 2 3 4 5 6 7 8 9 10; do
+            kubectl_ apply --server-side --force-conflicts "${args[@]}" >>"$DIR/logs/kubectl.log" 2>&1 && break
+            [ "$try" -eq 10 ] &&
+                { log_tail kubectl "$DIR/logs/kubectl.log"; fail "applying config/roles/ failed"; }
+            sleep 1
+        done
         log_info "applied ${#roles[@]} role file(s)"
     fi
-    kubectl_ create namespace kubesphere-system --dry-run=client -o yaml 2>>"$DIR/logs/kubectl.log" |
-        kubectl_ apply --server-side -f - >>"$DIR/logs/kubectl.log" 2>&1 ||
-        { log_tail kubectl "$DIR/logs/kubectl.log"; fail "creating namespace kubesphere-system failed"; }
 }
 
 write_env() {
@@ -342,7 +359,7 @@ cmd_start() {
         write_kubeconfig
         start_kube
         wait_for kube-apiserver "$(deadline_left)" --pid "$KUBE_PID" --log "$DIR/logs/kube-apiserver.log" -- kube_ready ||
-            fail "kube-apiserver did not come up on 127.0.0.1:${PORT[kube]}"
+            { kube_why; fail "kube-apiserver did not come up on 127.0.0.1:${PORT[kube]}"; }
         log_info "kube-apiserver ready: https://127.0.0.1:${PORT[kube]} after $((SECONDS - t0))s"
         apply_config
     fi

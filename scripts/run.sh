@@ -219,7 +219,11 @@ cmd_start() {
     [ "$FOREGROUND_STOPPING" -eq 1 ] && exit 0
     trap '' INT TERM
     for s in "${SERVICES[@]}"; do [ "${SVC_PID[$s]}" = "$done_pid" ] && break; done
-    log_error "$s (pid $done_pid) exited with status $rc; stopping everything"
+    if [ "$rc" -eq 0 ]; then
+        log_info "$s (pid $done_pid) stopped; stopping everything"
+    else
+        log_error "$s (pid $done_pid) exited with status $rc; stopping everything (log: $R/logs/$s.log)"
+    fi
     stop_all || true
     exit $(( rc == 0 ? 0 : 1 ))
 }

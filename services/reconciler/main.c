@@ -1,28 +1,156 @@
 /* kscore-reconciler: watchers, the mirror and the controllers (DESIGN.md §4).
- * This file declares the service; its parts live beside it. */
+ * This file declares the service and wires its parts: one reflector per
+ * watched resource (resources.c) feeding the mirror writer (mirror.c), which
+ * writes only while this replica leads. */
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
+#include "log.h"
+#include "mirror.h"
+#include "resources.h"
 #include "service.h"
 
 typedef struct {
     ks_service_common common;
+    char *bucket;
+    long long bucket_replicas;
+    int leader_elect;
 } reconciler_config;
 
 static const ks_config_opt reconciler_options[] = {
     KS_SERVICE_COMMON_OPTIONS(reconciler_config, "127.0.0.1:9193"),
+    {"mirror-bucket", KS_CFG_STRING, "KS_OBJECTS", 0, 0, NULL,
+     offsetof(reconciler_config, bucket), "JetStream KV bucket of the mirror", 0},
+    {"mirror-replicas", KS_CFG_INT, "1", 1, 5, NULL, offsetof(reconciler_config, bucket_replicas),
+     "replicas of the mirror bucket when this replica creates it", 0},
+    {"leader-elect", KS_CFG_BOOL, "true", 0, 0, NULL, offsetof(reconciler_config, leader_elect),
+     "elect a leader through a Lease; false: this replica always writes", 0},
 };
+
+typedef struct {
+    ks_kube_client *kube;
+    rec_mirror *mirror;
+    ks_reflector *reflectors[32];
+    size_t nreflectors;
+} reconciler;
+
+static reconciler rec;
+
+static int reconciler_ready(void *arg, char *why, size_t whycap)
+{
+    reconciler *r = arg;
+
+    if (r->mirror == NULL) {
+        snprintf(why, whycap, "starting");
+        return 0;
+    }
+    for (size_t i = 0; i < r->nreflectors; i++) {
+        if (!ks_reflector_has_synced(r->reflectors[i])) {
+            snprintf(why, whycap, "%s not listed yet", rec_resources[i].resource);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Make the bucket's keys of resource i equal to the API. */
+static void resync_one(reconciler *r, size_t i)
+{
+    unsigned puts = 0, dels = 0;
+
+    if (rec_mirror_resync(r->mirror, r->reflectors[i], &rec_resources[i], &puts, &dels) != KS_OK)
+        ks_warn("mirror: resync of %s failed: %s", rec_resources[i].resource, ks_status_last());
+    else if (puts || dels)
+        ks_info("mirror: resync of %s: %u written, %u deleted", rec_resources[i].resource, puts,
+                dels);
+}
+
+/* After each (re)list, a leader makes the bucket equal to the list: this
+ * repairs writes that failed and deletes keys left by an earlier leader. */
+static void on_synced(void *arg, const ks_reflector_resource *res)
+{
+    reconciler *r = arg;
+
+    if (!rec_mirror_is_leader(r->mirror))
+        return;
+    for (size_t i = 0; i < r->nreflectors; i++) {
+        if (strcmp(rec_resources[i].resource, res->resource) == 0 &&
+            strcmp(rec_resources[i].group, res->group) == 0)
+            resync_one(r, i);
+    }
+}
+
+static void on_event(void *arg, const ks_reflector_resource *res, const ks_reflect_event *ev)
+{
+    reconciler *r = arg;
+    rec_mirror_on_event(r->mirror, res, ev);
+}
+
+static void reconciler_stop(void *state)
+{
+    reconciler *r = state;
+
+    if (r == NULL)
+        return;
+    ks_kube_client_shutdown(r->kube);
+    for (size_t i = 0; i < r->nreflectors; i++)
+        ks_reflector_stop(r->reflectors[i]);
+    rec_mirror_destroy(r->mirror);
+    ks_kube_client_destroy(r->kube);
+    r->nreflectors = 0;
+    r->mirror = NULL;
+    r->kube = NULL;
+}
+
+static ks_status reconciler_start(ks_service *svc, void *cfgp, void **state)
+{
+    reconciler_config *cfg = cfgp;
+    reconciler *r = &rec;
+    ks_status st;
+
+    st = ks_service_kube_client(&cfg->common, &r->kube);
+    if (st)
+        goto out;
+    st = rec_mirror_create(ks_service_bus(svc), cfg->bucket, (int)cfg->bucket_replicas, &r->mirror);
+    if (st)
+        goto out;
+    if (!cfg->leader_elect)
+        rec_mirror_set_leader(r->mirror, 1);
+    for (size_t i = 0; i < rec_nresources; i++) {
+        if (r->nreflectors == sizeof(r->reflectors) / sizeof(r->reflectors[0])) {
+            st = KS_FAIL(KS_ERR_TOO_LARGE, "more resources than reflector slots");
+            goto out;
+        }
+        st = ks_reflector_start(r->kube, &rec_resources[i], NULL, on_event, on_synced, r,
+                                &r->reflectors[i]);
+        if (st)
+            goto out;
+        r->nreflectors++;
+    }
+    *state = r;
+    st = KS_OK;
+out:
+    if (st)
+        reconciler_stop(r);
+    return st;
+}
 
 int main(int argc, char **argv)
 {
     static reconciler_config cfg;
     const ks_service_def def = {
-        .spec = {.name = "reconciler", .description = "kscore watchers, mirror and controllers"},
+        .spec = {.name = "reconciler", .description = "kscore watchers, mirror and controllers",
+                 .ready = reconciler_ready, .ready_arg = &rec},
         .program = "kscore-reconciler",
         .summary = "kscore reconciler: mirrors Kubernetes state onto NATS and runs controllers",
         .options = reconciler_options,
         .noptions = sizeof(reconciler_options) / sizeof(reconciler_options[0]),
         .cfg = &cfg,
         .common = &cfg.common,
+        .start = reconciler_start,
+        .stop = reconciler_stop,
     };
     return ks_service_main(&def, argc, argv);
 }
