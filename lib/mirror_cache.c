@@ -800,6 +800,10 @@ static void *retry_main(void *arg)
             return NULL;
         }
         pthread_mutex_unlock(&c->mu);
+        /* While disconnected a JetStream call would only block for its
+         * whole wait (5 s), delaying destroy; try once connected. */
+        if (!ks_bus_is_connected(c->bus))
+            continue;
         st = open_and_watch(c);
         if (st == KS_OK) {
             ks_info("mirror %s: bucket open, watching", c->bucket);
@@ -954,7 +958,10 @@ ks_status ks_mirror_cache_create(ks_bus *bus, const char *bucket, const char *co
     if (st)
         return st;
     c->bus = bus;
-    st = open_and_watch(c);
+    if (ks_bus_is_connected(bus))
+        st = open_and_watch(c);
+    else
+        st = KS_FAIL(KS_ERR_UNAVAILABLE, "not connected to NATS");
     if (st == KS_ERR_INVALID || st == KS_ERR_NOMEM) {
         ks_mirror_cache_destroy(c);
         return st;

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "kube.h"
@@ -1083,6 +1084,53 @@ static void test_client_stream_deadline(void **state)
     close(lfd);
 }
 
+typedef struct {
+    ks_kube_client *c;
+    stream_ctx *s;
+    ks_status st;
+} shutdown_run;
+
+static void *stream_thread(void *arg)
+{
+    shutdown_run *t = arg;
+
+    t->st = ks_kube_stream(t->c, "/w", 30000, stream_chunk, t->s, NULL);
+    return NULL;
+}
+
+static void test_client_shutdown_in_flight(void **state)
+{
+    /* a stream waiting on a silent server ends with KS_ERR_CLOSED soon after shutdown */
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof(a);
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    stream_ctx s = {0};
+    shutdown_run t = {0};
+    pthread_t th;
+    struct timespec t0, t1;
+    long ms;
+
+    (void)state;
+    assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof(a)), 0);
+    assert_int_equal(listen(lfd, 4), 0);
+    assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &al), 0);
+    assert_int_equal(ks_kube_splitter_create(0, &s.sp), KS_OK);
+    t.c = client_for(ntohs(a.sin_port), NULL);
+    t.s = &s;
+    assert_int_equal(pthread_create(&th, NULL, stream_thread, &t), 0);
+    usleep(300 * 1000);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    ks_kube_client_shutdown(t.c);
+    pthread_join(th, NULL);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    assert_int_equal(t.st, KS_ERR_CLOSED);
+    assert_true(ms < 2500);
+    ks_kube_client_destroy(t.c);
+    ks_kube_splitter_destroy(s.sp);
+    close(lfd);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1106,6 +1154,7 @@ int main(void)
         cmocka_unit_test(test_client_body_cap),
         cmocka_unit_test(test_client_stream),
         cmocka_unit_test(test_client_stream_deadline),
+        cmocka_unit_test(test_client_shutdown_in_flight),
     };
 
     return cmocka_run_group_tests(tests, setup_tmp, teardown_tmp);
