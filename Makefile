@@ -49,16 +49,17 @@ SERVICES := apigw iam audit reconciler
 SERVICE_BINS := $(foreach s,$(SERVICES),$(BUILD)/bin/kscore-$(s))
 
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
-UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+UNIT_BINS := $(patsubst %.c,$(BUILD)/%,$(UNIT_SRC))
 ITEST_SRC := $(wildcard tests/integration/test_*.c)
-ITEST_BINS := $(patsubst tests/integration/%.c,$(BUILD)/tests/%,$(ITEST_SRC))
+ITEST_BINS := $(patsubst %.c,$(BUILD)/%,$(ITEST_SRC))
 BENCH_SRC := $(wildcard bench/bench_*.c)
 BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 
 .PHONY: all help deps run up down test unit integration bench valgrind clean \
         compose-up compose-down compose-test
 .DEFAULT_GOAL := all
-.SECONDARY: $(GEN_C) $(GEN_H)
+# keep every intermediate (generated code, test objects)
+.SECONDARY:
 
 all: $(SERVICE_BINS)
 
@@ -108,13 +109,11 @@ endef
 $(foreach s,$(SERVICES),$(eval $(call service_rule,$(s))))
 
 # ---- tests and benchmarks: one file, one binary ----
-$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(LIBKS)
+# unit and integration binaries live apart: build/<variant>/tests/{unit,integration}/test_x
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(LIBKS)
 	$(call say,LINK,$@)
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBKS) $(LIBS_ALL) -lcmocka
-$(BUILD)/tests/%: $(BUILD)/tests/integration/%.o $(LIBKS)
-	$(call say,LINK,$@)
-	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBKS) $(LIBS_ALL) -lcmocka
-$(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIBKS)
+$(BENCH_BINS): $(BUILD)/bench/%: $(BUILD)/bench/%.o $(LIBKS)
 	$(call say,LINK,$@)
 	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $< $(LIBKS) $(LIBS_ALL)
 

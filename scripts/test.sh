@@ -41,7 +41,7 @@ run_c_tests() {
     for src in tests/"$kind"/test_*.c; do
         [ -e "$src" ] || continue
         name="$(basename "$src" .c)"
-        bin="$BUILD/tests/$name"
+        bin="$BUILD/tests/$kind/$name"
         out="$(mktemp)"
         echo "== $kind/$name"
         if [ ! -x "$bin" ]; then

@@ -371,13 +371,16 @@ static void echo_handler(ks_bus *bus, ks_bus_msg *msg, void *arg)
     counter *c = arg;
     ks_status st;
 
+    /* record before answering: the requester may look as soon as it has
+     * the answer; n moves last */
+    if (c != NULL)
+        atomic_store(&c->had_reply, ks_bus_msg_reply(msg) != NULL);
     if (c != NULL && c->tag != NULL)
         st = ks_bus_respond(bus, msg, c->tag, strlen(c->tag));
     else
         st = ks_bus_respond(bus, msg, ks_bus_msg_data(msg), ks_bus_msg_len(msg));
     if (c != NULL) {
         atomic_store(&c->respond_st, st);
-        atomic_store(&c->had_reply, ks_bus_msg_reply(msg) != NULL);
         atomic_fetch_add(&c->n, 1);
     }
     ks_bus_msg_destroy(msg);
@@ -665,6 +668,7 @@ static void test_queue_group_splits_load(void **state)
     assert_int_equal(from[0] + from[1], 200);
     assert_true(from[0] > 0);
     assert_true(from[1] > 0);
+    AWAIT(atomic_load(&qg_counter[0].n) + atomic_load(&qg_counter[1].n) == 200, WAIT_MS);
     assert_int_equal(atomic_load(&qg_counter[0].n), from[0]);
     assert_int_equal(atomic_load(&qg_counter[1].n), from[1]);
     AWAIT(atomic_load(&qg_plain.n) == 200, WAIT_MS);
@@ -1336,12 +1340,12 @@ static int child_global_pool(const char *url)
     }
 
     /* ks_bus: the same shape must work, every time */
+    gp_pong.tag = "pong";
     if (ks_bus_connect(&oa, &ka) != KS_OK || ks_bus_connect(&ob, &kb) != KS_OK ||
         ks_bus_subscribe(kb, "gp.ks.b", NULL, echo_handler, &gp_pong, &ksb) != KS_OK ||
         ks_bus_subscribe(ka, "gp.ks.a", NULL, ks_chain_handler, (void *)"gp.ks.b", &ksa) != KS_OK ||
         ks_bus_flush(ka, WAIT_MS) != KS_OK || ks_bus_flush(kb, WAIT_MS) != KS_OK)
         goto out;
-    gp_pong.tag = "pong";
     rc = 0;
     for (int i = 0; i < 20 && rc == 0; i++) {
         ks_bus_msg *r = NULL;

@@ -755,5 +755,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_start_before_server, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_destroy_while_loading, test_setup, test_teardown),
     };
+    const char *filter = getenv("KS_TEST_FILTER"); /* e.g. "test_resource_*" */
+
+    if (filter != NULL && filter[0] != '\0')
+        cmocka_set_test_filter(filter);
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
