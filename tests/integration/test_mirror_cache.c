@@ -756,8 +756,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_destroy_while_loading, test_setup, test_teardown),
     };
     const char *filter = getenv("KS_TEST_FILTER"); /* e.g. "test_resource_*" */
+    const char *skip = getenv("KS_TEST_SKIP");
 
     if (filter != NULL && filter[0] != '\0')
         cmocka_set_test_filter(filter);
+    if (skip != NULL && skip[0] != '\0')
+        cmocka_set_skip_filter(skip);
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
