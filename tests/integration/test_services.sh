@@ -13,10 +13,12 @@
 #     comes (back), without a restart.
 #
 # Prints "PASS: <check>" or "FAIL: <check>" per check (scripts/test.sh counts
-# them) and exits non-zero if any failed. Uses KS_NATS_URL when set (make test
-# exports it); otherwise starts its own nats-server with JetStream on a free
-# 127.0.0.1 port. Every process it starts is stopped by PID on exit; every
-# wait is a bounded poll.
+# them) and exits non-zero if any failed. Uses the control plane in KS_NATS_URL
+# and KS_KUBECONFIG when both are set (make test exports them); otherwise
+# starts its own with scripts/controlplane.sh (nats-server with JetStream, etcd,
+# kube-apiserver on free 127.0.0.1 ports: the reconciler needs Kubernetes).
+# The services get the settings scripts/run.sh gives them. Every process it
+# starts is stopped by PID on exit; every wait is a bounded poll.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -40,9 +42,11 @@ FAILED=0
 PASSED=0
 SEQ=0
 
+CP_DIR=""
 cleanup() {
     local rc=$?
     [ ${#OWN[@]} -gt 0 ] && KS_STOP_GRACE=3 stop_pids "${OWN[@]}" 2>/dev/null
+    [ -n "$CP_DIR" ] && "$ROOT/scripts/controlplane.sh" stop "$CP_DIR" >/dev/null 2>&1
     rm -rf "$TMP"
     exit "$rc"
 }
@@ -239,17 +243,38 @@ start_nats() {  # start_nats PORT DIR: sets NATS_PID
 }
 nats_up() { natscli rtt >/dev/null 2>&1; }
 
-if [ -n "${KS_NATS_URL:-}" ]; then
+if [ -n "${KS_NATS_URL:-}" ] && [ -n "${KS_KUBECONFIG:-}" ]; then
     NATS_URL="$KS_NATS_URL"
+    KUBECONFIG_FILE="$KS_KUBECONFIG"
 else
-    port=$(free_port)
-    NATS_URL="nats://127.0.0.1:$port"
-    start_nats "$port" "$TMP/nats"
-    if ! wait_for nats-server 10 --pid "$NATS_PID" --log "$TMP/nats/nats.log" -- nats_up; then
-        fail "own nats-server starts"
+    CP_DIR="$TMP/cp"
+    if ! "$ROOT/scripts/controlplane.sh" start "$CP_DIR" >"$TMP/cp.log" 2>&1; then
+        fail "own control plane starts" "$(tail -n 5 "$TMP/cp.log" | tr '\n' '|')"
         exit 1
     fi
+    NATS_URL=$(. "$CP_DIR/env" && echo "$KS_NATS_URL")
+    KUBECONFIG_FILE=$(. "$CP_DIR/env" && echo "$KS_KUBECONFIG")
 fi
+if ! wait_for nats 10 -- nats_up; then
+    fail "NATS at $NATS_URL answers"
+    exit 1
+fi
+# The secret iam signs tokens with, as scripts/run.sh makes it.
+JWT_SECRET="$TMP/jwt-secret"
+(umask 077; openssl rand -hex 32 | tr -d '\n' >"$JWT_SECRET")
+
+# svc_env NAME: the VAR=value settings a service gets besides NATS and admin
+# (scripts/run.sh's contract), one a line.
+svc_env() {
+    echo "KS_KUBECONFIG=$KUBECONFIG_FILE"
+    case "$1" in
+        apigw) echo "KS_HTTP_ADDR=127.0.0.1:$HTTP_PORT"
+               echo "KS_JWT_SECRET_FILE=$JWT_SECRET" ;;
+        iam) echo "KS_JWT_SECRET_FILE=$JWT_SECRET" ;;
+        audit) echo "KS_AUDIT_DB=$TMP/audit-$SEQ.db" ;;
+    esac
+}
+HTTP_PORT=$(free_port)
 # host:port of the (first) NATS server, to provoke "address in use"
 NATS_HOSTPORT="${NATS_URL%%,*}"
 NATS_HOSTPORT="${NATS_HOSTPORT#*://}"
@@ -308,15 +333,12 @@ done
 # ---- the four services, running ----
 
 declare -A PID=() ADMIN=() SMARK=() LOGF=()
-ports=($(free_ports 5))
-HTTP_PORT=${ports[4]}
+ports=($(free_ports 4))
 i=0
 for s in "${SERVICES[@]}"; do
     ADMIN[$s]=${ports[$i]}
     LOGF[$s]="$TMP/$s.log"
-    extra=()
-    [ "$s" = apigw ] && extra+=(KS_HTTP_ADDR="127.0.0.1:$HTTP_PORT")
-    [ "$s" = audit ] && extra+=(KS_AUDIT_DB="$TMP/audit.db")
+    mapfile -t extra < <(svc_env "$s")
     start_service "$s" "${LOGF[$s]}" KS_NATS_URL="$NATS_URL" \
         KS_ADMIN_ADDR="127.0.0.1:${ADMIN[$s]}" "${extra[@]}"
     PID[$s]=$SVC_PID
@@ -421,7 +443,9 @@ fi
 
 s=iam
 ADMIN[$s]=$(free_port)
-start_service "$s" "${LOGF[$s]}" KS_NATS_URL="$NATS_URL" KS_ADMIN_ADDR="127.0.0.1:${ADMIN[$s]}"
+mapfile -t extra < <(svc_env "$s")
+start_service "$s" "${LOGF[$s]}" KS_NATS_URL="$NATS_URL" KS_ADMIN_ADDR="127.0.0.1:${ADMIN[$s]}" \
+    "${extra[@]}"
 PID[$s]=$SVC_PID
 SMARK[$s]=$SVC_MARK
 check "$s (again): /readyz 200" wait_code "http://127.0.0.1:${ADMIN[$s]}/readyz" 200 "$READY_TIMEOUT" "${PID[$s]}"
@@ -429,8 +453,9 @@ stop_check "$s" "${PID[$s]}" INT "${SMARK[$s]}" "${ADMIN[$s]}" "${LOGF[$s]}"
 
 # ---- a start failure exits 1 ----
 
+mapfile -t extra < <(svc_env reconciler)
 run_service reconciler "$TMP/busy.out" "$TMP/busy.err" KS_NATS_URL="$NATS_URL" \
-    KS_ADMIN_ADDR="$NATS_HOSTPORT"
+    KS_ADMIN_ADDR="$NATS_HOSTPORT" "${extra[@]}"
 if [ "$RUN_RC" -eq 1 ]; then
     pass "reconciler: admin address in use exits 1"
 else
@@ -438,54 +463,90 @@ else
 fi
 
 # ---- readiness follows NATS ----
+# All four start against a port where no NATS runs; then a nats-server comes
+# on that port, goes away, and comes back. /healthz stays 200 throughout.
 
 QPORT=$(free_port)
 QURL="nats://127.0.0.1:$QPORT"
-s=audit
-A=$(free_port)
-base="http://127.0.0.1:$A"
-start_service "$s" "$TMP/audit-nonats.log" KS_NATS_URL="$QURL" KS_ADMIN_ADDR="127.0.0.1:$A" \
-    KS_AUDIT_DB="$TMP/audit2.db"
-APID=$SVC_PID
-AMARK=$SVC_MARK
-check "NATS down: /healthz 200" wait_code "$base/healthz" 200 "$READY_TIMEOUT" "$APID"
-code=$(http_code "$base/readyz")
-body=$(http_body "$base/readyz")
-if [ "$code" = 503 ] && grep -qi 'nats' <<<"$body"; then
-    pass "NATS down: /readyz 503 with a reason ($body)"
-else
-    fail "NATS down: /readyz 503 with a reason" "got $code: $body"
-fi
-check "NATS down: /metrics does not say connected" \
-    bash -c "! curl -s --max-time 2 '$base/metrics' | grep -qx 'ks_bus_connected 1'"
+ports=($(free_ports 4))
+i=0
+for s in "${SERVICES[@]}"; do
+    ADMIN[$s]=${ports[$i]}
+    LOGF[$s]="$TMP/$s-nonats.log"
+    mapfile -t extra < <(svc_env "$s")
+    start_service "$s" "${LOGF[$s]}" KS_NATS_URL="$QURL" KS_ADMIN_ADDR="127.0.0.1:${ADMIN[$s]}" \
+        "${extra[@]}"
+    PID[$s]=$SVC_PID
+    SMARK[$s]=$SVC_MARK
+    i=$((i + 1))
+done
+
+# readyz_all CODE SECONDS: every service's /readyz answers CODE.
+readyz_all() {
+    local s bad=""
+    for s in "${SERVICES[@]}"; do
+        wait_code "http://127.0.0.1:${ADMIN[$s]}/readyz" "$1" "$2" "${PID[$s]}" ||
+            bad+=" $s ($(http_code "http://127.0.0.1:${ADMIN[$s]}/readyz"): $(http_body "http://127.0.0.1:${ADMIN[$s]}/readyz"))"
+    done
+    [ -z "$bad" ] || { WHY="not$bad"; return 1; }
+}
+healthz_all() {
+    local s bad=""
+    for s in "${SERVICES[@]}"; do
+        [ "$(http_code "http://127.0.0.1:${ADMIN[$s]}/healthz")" = 200 ] || bad+=" $s"
+    done
+    [ -z "$bad" ] || { WHY="not 200:$bad"; return 1; }
+}
+
+for s in "${SERVICES[@]}"; do
+    base="http://127.0.0.1:${ADMIN[$s]}"
+    if ! wait_code "$base/healthz" 200 "$READY_TIMEOUT" "${PID[$s]}"; then
+        fail "NATS down: $s /healthz 200" "$WHY"
+        log_tail "$s" "${LOGF[$s]}" 10
+        continue
+    fi
+    pass "NATS down: $s /healthz 200"
+    code=$(http_code "$base/readyz")
+    body=$(http_body "$base/readyz")
+    if [ "$code" = 503 ] && grep -qi 'nats' <<<"$body"; then
+        pass "NATS down: $s /readyz 503 with a reason ($body)"
+    else
+        fail "NATS down: $s /readyz 503 with a reason" "got $code: $body"
+    fi
+    check "NATS down: $s /metrics does not say connected" \
+        bash -c "! curl -s --max-time 2 '$base/metrics' | grep -qx 'ks_bus_connected 1'"
+done
 
 NATS_URL_SAVED="$NATS_URL"
 NATS_URL="$QURL"
 start_nats "$QPORT" "$TMP/nats-q"
 Q_PID=$NATS_PID
-check "NATS started later: /readyz turns 200" wait_code "$base/readyz" 200 "$READY_TIMEOUT" "$APID"
-check "NATS started later: /metrics has ks_bus_connected 1" \
-    bash -c "curl -s --max-time 2 '$base/metrics' | grep -qx 'ks_bus_connected 1'"
-check "NATS started later: \$SRV.PING.audit answers" schema_ok PING audit
+check "NATS started later: every /readyz turns 200" readyz_all 200 "$READY_TIMEOUT"
+for s in "${SERVICES[@]}"; do
+    check "NATS started later: $s /metrics has ks_bus_connected 1" \
+        bash -c "curl -s --max-time 2 'http://127.0.0.1:${ADMIN[$s]}/metrics' | grep -qx 'ks_bus_connected 1'"
+    check "NATS started later: \$SRV.PING.$s answers" schema_ok PING "$s"
+done
 
 kill -TERM "$Q_PID"
 wait "$Q_PID" 2>/dev/null
-check "NATS stopped: /readyz turns 503" wait_code "$base/readyz" 503 "$READY_TIMEOUT" "$APID"
-check "NATS stopped: /healthz stays 200" test "$(http_code "$base/healthz")" = 200
+check "NATS stopped: every /readyz turns 503" readyz_all 503 "$READY_TIMEOUT"
+check "NATS stopped: every /healthz stays 200" healthz_all
 start_nats "$QPORT" "$TMP/nats-q"
 Q_PID=$NATS_PID
-check "NATS restarted: /readyz turns 200 again" wait_code "$base/readyz" 200 "$READY_TIMEOUT" "$APID"
-check "NATS restarted: \$SRV.INFO.audit answers" schema_ok INFO audit
-stop_check "$s (NATS-down run)" "$APID" TERM "$AMARK" "$A" "$TMP/audit-nonats.log"
+check "NATS restarted: every /readyz turns 200 again" readyz_all 200 "$READY_TIMEOUT"
+for s in "${SERVICES[@]}"; do
+    check "NATS restarted: \$SRV.INFO.$s answers" schema_ok INFO "$s"
+done
+
+# Stop them while NATS is away again: a service that cannot reach NATS still
+# stops at once.
 kill -TERM "$Q_PID"
 wait "$Q_PID" 2>/dev/null
-
-# A service that never reached NATS still stops at once.
-A=$(free_port)
-start_service reconciler "$TMP/rec-nonats.log" KS_NATS_URL="$QURL" KS_ADMIN_ADDR="127.0.0.1:$A"
-RPID=$SVC_PID
-check "NATS never up: reconciler /healthz 200" wait_code "http://127.0.0.1:$A/healthz" 200 "$READY_TIMEOUT" "$RPID"
-stop_check "reconciler (NATS never up)" "$RPID" TERM "$SVC_MARK" "$A" "$TMP/rec-nonats.log"
+check "NATS stopped again: every /readyz turns 503" readyz_all 503 "$READY_TIMEOUT"
+for s in "${SERVICES[@]}"; do
+    stop_check "$s (NATS down)" "${PID[$s]}" TERM "${SMARK[$s]}" "${ADMIN[$s]}" "${LOGF[$s]}"
+done
 NATS_URL="$NATS_URL_SAVED"
 
 echo "test_services: $PASSED passed, $FAILED failed"
