@@ -12,6 +12,8 @@
  * else /usr/sbin/nats-server. Servers and children get PR_SET_PDEATHSIG, so a
  * crashed test leaves nothing behind.
  *
+ * KS_TEST_FILTER (a cmocka pattern, e.g. 'test_defect_*') runs a subset.
+ *
  * Waits are polls with a deadline. The only fixed pauses are observation
  * windows that check that something does NOT happen (no handler after
  * ks_bus_destroy), which no condition can signal. Handler state is static so
@@ -1724,5 +1726,7 @@ int main(int argc, char **argv)
 
     if (argc == 3 && strcmp(argv[1], "--child-global-pool") == 0)
         return child_global_pool(argv[2]);
+    if (getenv("KS_TEST_FILTER") != NULL) /* e.g. KS_TEST_FILTER='test_defect_*' */
+        cmocka_set_test_filter(getenv("KS_TEST_FILTER"));
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
