@@ -141,7 +141,8 @@ static void on_async_error(natsConnection *nc, natsSubscription *sub, natsStatus
     if (err == NATS_SLOW_CONSUMER) {
         atomic_fetch_add(&slow_consumer_events, 1);
         ks_metric_inc(ks_metrics_counter("ks_bus_slow_consumer_total",
-                                         "messages dropped because a handler was too slow", NULL));
+                                         "slow-consumer events: a subscription hit its pending limit "
+                                         "and began dropping messages", NULL));
         ks_warn("nats: slow consumer, messages dropped on subject %s",
                 sub ? natsSubscription_GetSubject(sub) : "?");
         return;
@@ -459,6 +460,7 @@ void ks_bus_unsubscribe(ks_bus_sub *s)
     bus = s->bus;
     natsSubscription_Unsubscribe(s->ns);
     natsSubscription_Destroy(s->ns);
+    s->ns = NULL; /* if the wait below times out, ks_bus_destroy must not release it again */
     clock_gettime(CLOCK_REALTIME, &deadline);
     deadline.tv_sec += BUS_CLOSE_WAIT_MS / 1000;
     pthread_mutex_lock(&bus->mu);

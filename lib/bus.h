@@ -126,7 +126,9 @@ size_t ks_bus_msg_len(const ks_bus_msg *msg);
 const char *ks_bus_msg_header(ks_bus_msg *msg, const char *name);
 void ks_bus_msg_destroy(ks_bus_msg *msg);             /* NULL is a no-op */
 
-/* Slow-consumer drops counted by this process's error handler. */
+/* Slow-consumer events counted by this process's error handler. cnats reports
+ * one when a subscription starts dropping, not one per message (a flood of 189
+ * drops is one event); ks_bus_sub_dropped counts the messages. */
 int64_t ks_bus_slow_consumer_events(void);
 
 /* ---- JetStream ---- */

@@ -913,7 +913,6 @@ static ks_status cache_new(const char *bucket, const char *const *resources,
                                     labels, lag_bounds, sizeof(lag_bounds) / sizeof(lag_bounds[0]));
     c->m_synced = ks_metrics_gauge("ks_mirror_synced",
                                    "1 once the mirror's initial values are loaded", labels);
-    ks_metric_set(c->m_synced, 0);
     *out = c;
     return KS_OK;
 toolong:

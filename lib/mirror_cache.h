@@ -80,8 +80,9 @@ typedef struct {
  * and a background thread opens the bucket once NATS is up. When the bucket
  * cannot be opened or watched (JetStream not ready), create still succeeds
  * and the same thread retries (250 ms doubling to 5 s) until it works or the
- * cache is destroyed. ks_mirror_cache_synced() stays 0 meanwhile. KS_ERR_INVALID for a bad bucket or resource name,
- * KS_ERR_NOMEM. bus must outlive the cache. *out is set only on success. */
+ * cache is destroyed. ks_mirror_cache_synced() stays 0 meanwhile.
+ * KS_ERR_INVALID for a bad bucket or resource name, KS_ERR_NOMEM. bus must
+ * outlive the cache. *out is set only on success. */
 ks_status ks_mirror_cache_create(ks_bus *bus, const char *bucket, const char *const *resources,
                                  ks_mirror_cache **out) __attribute__((warn_unused_result));
 

@@ -48,6 +48,8 @@ struct ks_reflector {
     int need_list;
     int stream_failed;       /* the stream ended on a bad event or ERROR */
     int expired;             /* ... and the reason was 410 */
+    unsigned long stream_events; /* objects received on the current stream */
+    int short_watch;         /* the stream ended within 1 s and carried nothing */
     ks_kube_splitter *splitter;
 
     ks_metric *m_events[4];
@@ -249,17 +251,18 @@ static int report_vanished(const char *key, void *value, void *arg)
 {
     list_ctx *lc = arg;
     store_item *it = value;
-    char ns[256], *slash;
+    char ns[512], *slash;
     const char *name;
 
     if (ks_strmap_get(lc->seen, key) != NULL)
         return 0;
+    /* A copy: key belongs to the store entry that ks_strmap_take frees. */
     snprintf(ns, sizeof(ns), "%s", key);
     slash = strchr(ns, '/');
     if (slash == NULL)
         return 0;
     *slash = '\0';
-    name = key + (slash - ns) + 1;
+    name = slash + 1;
     /* Only this thread changes the store, so it may iterate without the
      * lock; readers on other threads need it around the change itself. */
     pthread_mutex_lock(&lc->r->mu);
@@ -385,6 +388,7 @@ static int on_watch_event(const char *event, size_t len, void *arg)
     const char *ns, *name;
     store_item *it;
 
+    r->stream_events++;
     if (ks_kube_event_parse(event, len, &type, &obj) != KS_OK) {
         ks_metric_inc(r->m_bad_events);
         ks_warn("reflector %s: malformed watch event (%zu bytes), relisting", r->resource, len);
@@ -454,6 +458,8 @@ static ks_status do_watch(ks_reflector *r, long *retry_after_s)
     int span = r->opts.watch_max_s - r->opts.watch_min_s;
     int timeout_s = r->opts.watch_min_s + (span > 0 ? (int)(random_u32() % (uint32_t)(span + 1)) : 0);
     ks_kube_response resp;
+    struct timespec t0, t1;
+    long elapsed_ms;
     ks_status st;
     int n;
 
@@ -467,9 +473,14 @@ static ks_status do_watch(ks_reflector *r, long *retry_after_s)
     ks_kube_splitter_reset(r->splitter);
     r->stream_failed = 0;
     r->expired = 0;
+    r->stream_events = 0;
     atomic_fetch_add(&r->watches, 1);
     ks_metric_inc(r->m_watches);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     st = ks_kube_stream(r->kube, path, (long)(timeout_s + 30) * 1000L, on_watch_chunk, r, &resp);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    elapsed_ms = (long)(t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    r->short_watch = st == KS_OK && r->stream_events == 0 && elapsed_ms < 1000;
     *retry_after_s = resp.retry_after_s;
     if (st != KS_OK && ks_kube_response_expired(&resp))
         r->expired = 1;
@@ -507,9 +518,16 @@ static void *reflector_thread(void *arg)
             }
         } else {
             st = do_watch(r, &retry_after_s);
-            if (st == KS_OK && !r->stream_failed) {
+            if (st == KS_OK && !r->stream_failed && !r->short_watch) {
                 base = r->opts.backoff_initial_ms;
                 continue; /* the server ended the stream: watch again from r->rv */
+            }
+            if (st == KS_OK && !r->stream_failed) {
+                /* client-go's "very short watch": a stream that ended at once
+                 * with nothing in it is a failure, so that a broken server or
+                 * proxy is not asked again in a tight loop. */
+                st = KS_FAIL(KS_ERR_PROTOCOL, "watch of %s ended within 1 s without events",
+                             r->resource);
             }
             if (r->expired) {
                 /* 410: relist at once, no backoff (client-go does the same). */

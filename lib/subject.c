@@ -29,6 +29,13 @@ static ks_status escape(const char *in, char *out, size_t cap, int dot_as_unders
         memcpy(out, "_", 2);
         return KS_OK;
     }
+    /* A lone "." of a group would become "_", which means empty. */
+    if (dot_as_underscore && strcmp(in, ".") == 0) {
+        if (cap < 4)
+            return KS_FAIL(KS_ERR_TOO_LARGE, "escape buffer");
+        memcpy(out, "=2E", 4);
+        return KS_OK;
+    }
     for (const unsigned char *p = (const unsigned char *)in; *p; p++) {
         if (is_plain(*p) || (dot_as_underscore && *p == '.')) {
             if (n + 1 >= cap)
@@ -67,6 +74,11 @@ static ks_status unescape(const char *in, char *out, size_t cap, int underscore_
             c = (char)(hi << 4 | lo);
             if (c == '\0')
                 return KS_FAIL(KS_ERR_INVALID, "escaped NUL in \"%s\"", in);
+            /* One escaped form per input: a byte escape never stands for a
+             * plain byte, nor for a group's dot (except a lone "."). */
+            if (is_plain((unsigned char)c) ||
+                (underscore_as_dot && c == '.' && strcmp(in, "=2E") != 0))
+                return KS_FAIL(KS_ERR_INVALID, "needless escape in \"%s\"", in);
             p += 2;
         } else if (*p == '_' && underscore_as_dot) {
             c = '.';

@@ -5,10 +5,13 @@
  *           a byte in [A-Za-z0-9-]  -> itself
  *           any other byte          -> "=XX" (two upper-case hex digits)
  *   group:  an API group: "" (core) -> "_", each "." -> "_", other bytes as
- *           for a token. API groups are DNS subdomains, so "_" never occurs in
- *           one and the mapping is reversible.
+ *           for a token; a lone "." (not an API group) -> "=2E". API groups
+ *           are DNS subdomains, so "_" never occurs in one and the mapping is
+ *           reversible.
  * So "_" alone always means empty, "=5F" is a literal underscore, and "." (the
  * NATS token separator), "*", ">" and spaces never appear inside a token.
+ * Unescaping accepts only what escaping produces (upper-case hex, no escape
+ * of a byte that stands for itself), so every token has exactly one form.
  *
  * All functions write a NUL-terminated string into out and return
  * KS_ERR_TOO_LARGE when cap is too small (out is then unspecified) or

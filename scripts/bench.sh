@@ -63,6 +63,7 @@ rc=0
     echo
     echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "- machine: $(nproc) CPUs, $cpu_model, $mem_total RAM, Linux $(uname -r)"
+    echo "- load average before the run: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews the figures)"
     echo "- nats-server: $("$NATS_SERVER" --version 2>&1 | head -1)"
     echo "- cnats (libnats): $(pkg-config --modversion libnats 2>/dev/null || echo unknown)"
     echo "- build: $BUILD, run length KS_BENCH_SECONDS=${KS_BENCH_SECONDS:-2}"

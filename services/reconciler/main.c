@@ -2,6 +2,7 @@
  * This file declares the service and wires its parts: one reflector per
  * watched resource (resources.c) feeding the mirror writer (mirror.c), which
  * writes only while this replica leads. */
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,27 +33,36 @@ static const ks_config_opt reconciler_options[] = {
 typedef struct {
     ks_kube_client *kube;
     rec_mirror *mirror;
+    /* Held while the reflectors start: their threads call on_synced as soon
+     * as their first list is in, possibly before reflectors[] and
+     * nreflectors say they exist. */
+    pthread_mutex_t start_mu;
     ks_reflector *reflectors[32];
     size_t nreflectors;
 } reconciler;
 
-static reconciler rec;
+static reconciler rec = {.start_mu = PTHREAD_MUTEX_INITIALIZER};
 
 static int reconciler_ready(void *arg, char *why, size_t whycap)
 {
     reconciler *r = arg;
+    int ready = 1;
 
-    if (r->mirror == NULL) {
+    /* The admin listener runs while reconciler_start and reconciler_stop
+     * change the reflectors: look at them under start_mu. */
+    pthread_mutex_lock(&r->start_mu);
+    if (r->mirror == NULL || r->nreflectors < rec_nresources) {
         snprintf(why, whycap, "starting");
-        return 0;
+        ready = 0;
     }
-    for (size_t i = 0; i < r->nreflectors; i++) {
+    for (size_t i = 0; ready && i < r->nreflectors; i++) {
         if (!ks_reflector_has_synced(r->reflectors[i])) {
             snprintf(why, whycap, "%s not listed yet", rec_resources[i].resource);
-            return 0;
+            ready = 0;
         }
     }
-    return 1;
+    pthread_mutex_unlock(&r->start_mu);
+    return ready;
 }
 
 /* Make the bucket's keys of resource i equal to the API. */
@@ -72,10 +82,14 @@ static void resync_one(reconciler *r, size_t i)
 static void on_synced(void *arg, const ks_reflector_resource *res)
 {
     reconciler *r = arg;
+    size_t i, n;
 
     if (!rec_mirror_is_leader(r->mirror))
         return;
-    for (size_t i = 0; i < r->nreflectors; i++) {
+    pthread_mutex_lock(&r->start_mu);
+    n = r->nreflectors;
+    pthread_mutex_unlock(&r->start_mu);
+    for (i = 0; i < n; i++) {
         if (strcmp(rec_resources[i].resource, res->resource) == 0 &&
             strcmp(rec_resources[i].group, res->group) == 0)
             resync_one(r, i);
@@ -91,16 +105,24 @@ static void on_event(void *arg, const ks_reflector_resource *res, const ks_refle
 static void reconciler_stop(void *state)
 {
     reconciler *r = state;
+    rec_mirror *m;
+    size_t n;
 
     if (r == NULL)
         return;
-    ks_kube_client_shutdown(r->kube);
-    for (size_t i = 0; i < r->nreflectors; i++)
-        ks_reflector_stop(r->reflectors[i]);
-    rec_mirror_destroy(r->mirror);
-    ks_kube_client_destroy(r->kube);
+    pthread_mutex_lock(&r->start_mu);
+    n = r->nreflectors;
     r->nreflectors = 0;
+    pthread_mutex_unlock(&r->start_mu);
+    ks_kube_client_shutdown(r->kube);
+    for (size_t i = 0; i < n; i++)
+        ks_reflector_stop(r->reflectors[i]);
+    pthread_mutex_lock(&r->start_mu);
+    m = r->mirror;
     r->mirror = NULL;
+    pthread_mutex_unlock(&r->start_mu);
+    rec_mirror_destroy(m);
+    ks_kube_client_destroy(r->kube);
     r->kube = NULL;
 }
 
@@ -108,27 +130,33 @@ static ks_status reconciler_start(ks_service *svc, void *cfgp, void **state)
 {
     reconciler_config *cfg = cfgp;
     reconciler *r = &rec;
+    rec_mirror *m = NULL;
     ks_status st;
 
     st = ks_service_kube_client(&cfg->common, &r->kube);
     if (st)
         goto out;
-    st = rec_mirror_create(ks_service_bus(svc), cfg->bucket, (int)cfg->bucket_replicas, &r->mirror);
+    st = rec_mirror_create(ks_service_bus(svc), cfg->bucket, (int)cfg->bucket_replicas, &m);
     if (st)
         goto out;
     if (!cfg->leader_elect)
-        rec_mirror_set_leader(r->mirror, 1);
+        rec_mirror_set_leader(m, 1);
+    pthread_mutex_lock(&r->start_mu);
+    r->mirror = m;
     for (size_t i = 0; i < rec_nresources; i++) {
         if (r->nreflectors == sizeof(r->reflectors) / sizeof(r->reflectors[0])) {
             st = KS_FAIL(KS_ERR_TOO_LARGE, "more resources than reflector slots");
-            goto out;
+            break;
         }
         st = ks_reflector_start(r->kube, &rec_resources[i], NULL, on_event, on_synced, r,
                                 &r->reflectors[i]);
         if (st)
-            goto out;
+            break;
         r->nreflectors++;
     }
+    pthread_mutex_unlock(&r->start_mu);
+    if (st)
+        goto out;
     *state = r;
     st = KS_OK;
 out:

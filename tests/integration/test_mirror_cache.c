@@ -28,6 +28,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -732,6 +733,126 @@ static void test_start_before_server(void **state)
     ks_bus_destroy(w);
 }
 
+/* The server restarts (same store): the watch resumes and later changes
+ * still reach the cache. */
+static void test_server_restart(void **state)
+{
+    ks_mirror_cache *c;
+    ks_bus_kv *kv = NULL;
+    ks_bus_kv_cfg cfg = {.bucket = KS_MIRROR_BUCKET, .history = 1};
+    ks_bus *w;
+
+    assert_int_equal(srv_start(&g_srv2), 0);
+    t_bus = connect_to(g_srv2.url, 1);
+    c = new_cache(0, t_bus, NULL, NULL);
+    assert_int_equal(ks_mirror_cache_wait_synced(c, WAIT_MS), KS_OK);
+    w = connect_to(g_srv2.url, 1);
+    if (ks_bus_kv_open(w, &cfg, 0, &kv) != KS_OK) {
+        ks_bus_destroy(w);
+        fail_msg("bucket");
+    }
+    write_obj(kv, USERS, "", "before", "1", NULL, NULL);
+    AWAIT(rv_is(c, USERS, "", "before", "1"), WAIT_MS);
+    assert_true(rv_is(c, USERS, "", "before", "1"));
+
+    srv_stop(&g_srv2);
+    assert_int_equal(srv_start(&g_srv2), 0);
+    AWAIT(ks_bus_is_connected(t_bus) && ks_bus_is_connected(w), WAIT_MS);
+    {
+        /* the writer's put may need a retry while JetStream comes back */
+        Kscore__V1__ObjectEvent ev = KSCORE__V1__OBJECT_EVENT__INIT;
+        const char *js = "{\"metadata\":{\"name\":\"after\",\"resourceVersion\":\"2\"}}";
+        uint8_t *buf = NULL;
+        size_t len = 0;
+        char key[256];
+        int64_t end = now_us() + (int64_t)WAIT_MS * 1000;
+        ev.object.data = (uint8_t *)js;
+        ev.object.len = strlen(js);
+        assert_int_equal(ks_codec_pack(&ev.base, &buf, &len), KS_OK);
+        key_of(USERS, "", "after", key, sizeof(key));
+        while (ks_bus_kv_put(kv, key, buf, len, NULL) != KS_OK && now_us() < end)
+            sleep_us(50000);
+        free(buf);
+    }
+    AWAIT(rv_is(c, USERS, "", "after", "2"), 20000);
+    ks_bus_kv_close(kv);
+    ks_bus_destroy(w);
+    assert_true(rv_is(c, USERS, "", "after", "2"));
+}
+
+/* Readers hammer the lookups while the watch thread applies changes. */
+static ks_mirror_cache *conc_cache;
+static atomic_int conc_stop;
+static atomic_long conc_reads;
+
+static int conc_visit(const ks_mirror_item *it, void *arg)
+{
+    long *n = arg;
+    *n += json_object_size(it->object) > 0;
+    return 0;
+}
+
+static void *conc_reader(void *arg)
+{
+    long local = 0;
+    char name[32];
+    for (unsigned i = 0; !atomic_load(&conc_stop); i++) {
+        json_t *o = NULL, *items = NULL;
+        snprintf(name, sizeof(name), "u-%02u", i % 40);
+        if (ks_mirror_cache_get(conc_cache, USERS, NULL, name, &o, NULL) == KS_OK) {
+            char *dump = json_dumps(o, JSON_COMPACT); /* concurrent encoding of a shared value */
+            free(dump);
+            json_decref(o);
+        }
+        if (ks_mirror_cache_list_by_label(conc_cache, USERS, USER_REF, i % 2 ? "a" : "b",
+                                          &items) == KS_OK)
+            json_decref(items);
+        if (ks_mirror_cache_list(conc_cache, USERS, NULL, &items) == KS_OK)
+            json_decref(items);
+        ks_mirror_cache_foreach(conc_cache, USERS, NULL, conc_visit, &local);
+        (void)ks_mirror_cache_generation(conc_cache);
+        local++;
+    }
+    atomic_fetch_add(&conc_reads, local);
+    return NULL;
+}
+
+static void test_concurrent_readers(void **state)
+{
+    const char *bucket = "MT_CONC";
+    pthread_t readers[3];
+    char name[32], rv[16];
+
+    t_kv = open_bucket(bucket);
+    conc_cache = new_cache(0, g_bus, bucket, NULL);
+    assert_int_equal(ks_mirror_cache_wait_synced(conc_cache, WAIT_MS), KS_OK);
+    atomic_store(&conc_stop, 0);
+    atomic_store(&conc_reads, 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(pthread_create(&readers[i], NULL, conc_reader, NULL), 0);
+    for (int i = 0; i < 600; i++) {
+        snprintf(name, sizeof(name), "u-%02d", i % 40);
+        snprintf(rv, sizeof(rv), "%d", i + 1);
+        if (i % 7 == 6)
+            delete_obj(t_kv, USERS, "", name);
+        else
+            write_obj(t_kv, USERS, "", name, rv, USER_REF, i % 3 ? "a" : "b");
+    }
+    write_obj(t_kv, USERS, "", "last", "1", NULL, NULL);
+    AWAIT(rv_is(conc_cache, USERS, "", "last", "1"), WAIT_MS);
+    atomic_store(&conc_stop, 1);
+    for (int i = 0; i < 3; i++)
+        pthread_join(readers[i], NULL);
+    assert_true(rv_is(conc_cache, USERS, "", "last", "1"));
+    assert_true(atomic_load(&conc_reads) > 0);
+    /* i = 599 (599 % 7 == 4, 599 % 3 == 2): u-39 put with rv 600, label a */
+    assert_true(rv_is(conc_cache, USERS, "", "u-39", "600"));
+    /* i = 594 (594 % 7 == 6): u-34 deleted last */
+    assert_true(rv_is(conc_cache, USERS, "", "u-34", "-"));
+    fprintf(stderr, "  %ld reader iterations during 600 changes\n",
+            (long)atomic_load(&conc_reads));
+}
+
 /* Destroy while the initial values are still streaming in. */
 static void test_destroy_while_loading(void **state)
 {
@@ -753,6 +874,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_second_cache_same_state, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_resource_filter, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_start_before_server, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_readers, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_server_restart, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_destroy_while_loading, test_setup, test_teardown),
     };
     const char *filter = getenv("KS_TEST_FILTER"); /* e.g. "test_resource_*" */

@@ -9,8 +9,10 @@
 #     see it, with replies that pass natscli's io.nats.micro.v1 schemas;
 #   - SIGTERM and SIGINT end it with status 0 within 2 s, leaving nothing;
 #   - a start failure (admin port taken) exits 1;
-#   - /readyz is 503 with a reason while NATS is away and turns 200 when NATS
-#     comes (back), without a restart.
+#   - NATS away is not a start failure: a service started without it serves
+#     /healthz, keeps running past its request timeout and stops at once on
+#     SIGTERM; /readyz is 503 with a reason while NATS is away and turns 200
+#     when NATS comes (back), without a restart.
 #
 # Prints "PASS: <check>" or "FAIL: <check>" per check (scripts/test.sh counts
 # them) and exits non-zero if any failed. Uses the control plane in KS_NATS_URL
@@ -178,12 +180,14 @@ stop_check() {
 
 natscli() { timeout -k 2 20 "$NATS_CLI" --server "$NATS_URL" "$@" </dev/null; }
 
-# cli_ok NAME ARGS...: natscli exits 0 and prints nothing that looks like a
+# cli_ok ARGS...: natscli exits 0 and prints nothing that looks like a
 # validation failure or an error.
 cli_ok() {
-    local out="$TMP/cli.out"
-    if ! natscli "$@" >"$out" 2>&1; then
-        WHY="nats $* exited $?: $(head -c 300 "$out")"
+    local out="$TMP/cli.out" rc
+    natscli "$@" >"$out" 2>&1
+    rc=$?
+    if [ "$rc" -ne 0 ]; then
+        WHY="nats $* exited $rc: $(head -c 300 "$out")"
         return 1
     fi
     if grep -Eiq 'validat|schema|invalid|warning|error:|failed' "$out"; then
@@ -462,20 +466,42 @@ else
     fail "reconciler: admin address in use exits 1" "status $RUN_RC: $(tail -c 200 "$TMP/busy.err")"
 fi
 
-# ---- readiness follows NATS ----
-# All four start against a port where no NATS runs; then a nats-server comes
-# on that port, goes away, and comes back. /healthz stays 200 throughout.
+# ---- a service that never reached NATS stops at once ----
+# Started against a port where no NATS runs, with the default settings; a
+# SIGTERM soon after start must end it within 2 s with status 0, whatever its
+# start is waiting for.
 
 QPORT=$(free_port)
 QURL="nats://127.0.0.1:$QPORT"
+for s in "${SERVICES[@]}"; do
+    A=$(free_port)
+    mapfile -t extra < <(svc_env "$s")
+    start_service "$s" "$TMP/$s-never.log" KS_NATS_URL="$QURL" KS_ADMIN_ADDR="127.0.0.1:$A" \
+        "${extra[@]}"
+    if wait_code "http://127.0.0.1:$A/healthz" 200 "$READY_TIMEOUT" "$SVC_PID"; then
+        pass "NATS never up: $s /healthz 200"
+    else
+        fail "NATS never up: $s /healthz 200" "$WHY"
+    fi
+    stop_check "$s (NATS never up)" "$SVC_PID" TERM "$SVC_MARK" "$A" "$TMP/$s-never.log"
+done
+
+# ---- readiness follows NATS ----
+# All four start against a port where no NATS runs, with a 1 s request
+# timeout. They must keep running past it (NATS away is not a start failure);
+# then a nats-server comes on that port, goes away, and comes back. /healthz
+# stays 200 throughout.
+
+DOWN_TIMEOUT_MS=1000
 ports=($(free_ports 4))
 i=0
+t_start=$(now_ms)
 for s in "${SERVICES[@]}"; do
     ADMIN[$s]=${ports[$i]}
     LOGF[$s]="$TMP/$s-nonats.log"
     mapfile -t extra < <(svc_env "$s")
     start_service "$s" "${LOGF[$s]}" KS_NATS_URL="$QURL" KS_ADMIN_ADDR="127.0.0.1:${ADMIN[$s]}" \
-        "${extra[@]}"
+        KS_REQUEST_TIMEOUT="${DOWN_TIMEOUT_MS}ms" "${extra[@]}"
     PID[$s]=$SVC_PID
     SMARK[$s]=$SVC_MARK
     i=$((i + 1))
@@ -484,7 +510,7 @@ done
 # readyz_all CODE SECONDS: every service's /readyz answers CODE.
 readyz_all() {
     local s bad=""
-    for s in "${SERVICES[@]}"; do
+    for s in "${ALIVE[@]}"; do
         wait_code "http://127.0.0.1:${ADMIN[$s]}/readyz" "$1" "$2" "${PID[$s]}" ||
             bad+=" $s ($(http_code "http://127.0.0.1:${ADMIN[$s]}/readyz"): $(http_body "http://127.0.0.1:${ADMIN[$s]}/readyz"))"
     done
@@ -492,7 +518,7 @@ readyz_all() {
 }
 healthz_all() {
     local s bad=""
-    for s in "${SERVICES[@]}"; do
+    for s in "${ALIVE[@]}"; do
         [ "$(http_code "http://127.0.0.1:${ADMIN[$s]}/healthz")" = 200 ] || bad+=" $s"
     done
     [ -z "$bad" ] || { WHY="not 200:$bad"; return 1; }
@@ -517,12 +543,29 @@ for s in "${SERVICES[@]}"; do
         bash -c "! curl -s --max-time 2 '$base/metrics' | grep -qx 'ks_bus_connected 1'"
 done
 
+# Nothing to await here: the check is that nothing happens. Wait until twice
+# the request timeout has passed since the start, then look.
+until [ $(( $(now_ms) - t_start )) -ge $((2 * DOWN_TIMEOUT_MS + 500)) ]; do sleep 0.1; done
+# The rest of the cycle follows the services still running (ALIVE): one that
+# died has failed here already.
+ALIVE=()
+for s in "${SERVICES[@]}"; do
+    if proc_running "${PID[$s]}" && [ "$(http_code "http://127.0.0.1:${ADMIN[$s]}/healthz")" = 200 ]; then
+        pass "NATS down: $s keeps running past its request timeout"
+        ALIVE+=("$s")
+    else
+        fail "NATS down: $s keeps running past its request timeout" \
+            "$(tail -n 1 "${LOGF[$s]}" | cut -c1-200)"
+        wait "${PID[$s]}" 2>/dev/null
+    fi
+done
+
 NATS_URL_SAVED="$NATS_URL"
 NATS_URL="$QURL"
 start_nats "$QPORT" "$TMP/nats-q"
 Q_PID=$NATS_PID
 check "NATS started later: every /readyz turns 200" readyz_all 200 "$READY_TIMEOUT"
-for s in "${SERVICES[@]}"; do
+for s in "${ALIVE[@]}"; do
     check "NATS started later: $s /metrics has ks_bus_connected 1" \
         bash -c "curl -s --max-time 2 'http://127.0.0.1:${ADMIN[$s]}/metrics' | grep -qx 'ks_bus_connected 1'"
     check "NATS started later: \$SRV.PING.$s answers" schema_ok PING "$s"
@@ -535,7 +578,7 @@ check "NATS stopped: every /healthz stays 200" healthz_all
 start_nats "$QPORT" "$TMP/nats-q"
 Q_PID=$NATS_PID
 check "NATS restarted: every /readyz turns 200 again" readyz_all 200 "$READY_TIMEOUT"
-for s in "${SERVICES[@]}"; do
+for s in "${ALIVE[@]}"; do
     check "NATS restarted: \$SRV.INFO.$s answers" schema_ok INFO "$s"
 done
 
@@ -544,7 +587,7 @@ done
 kill -TERM "$Q_PID"
 wait "$Q_PID" 2>/dev/null
 check "NATS stopped again: every /readyz turns 503" readyz_all 503 "$READY_TIMEOUT"
-for s in "${SERVICES[@]}"; do
+for s in "${ALIVE[@]}"; do
     stop_check "$s (NATS down)" "${PID[$s]}" TERM "${SMARK[$s]}" "${ADMIN[$s]}" "${LOGF[$s]}"
 done
 NATS_URL="$NATS_URL_SAVED"
