@@ -781,18 +781,6 @@ static role_slot *slot_get(ks_rbac *st, int kind, const char *ns, const char *na
     return sl;
 }
 
-static role_slot *slot_find(ks_rbac *st, int kind, const char *ns, const char *name)
-{
-    char *key = make_key(role_tags[kind], ns, name);
-    role_slot *sl;
-
-    if (key == NULL)
-        return NULL;
-    sl = ks_strmap_get(st->slots, key);
-    free(key);
-    return sl;
-}
-
 /* ---- bindings ---- */
 
 static void binding_free(ks_rbac *st, binding *b)
@@ -877,12 +865,13 @@ static void index_add(ks_rbac *st, binding *b)
     st->all[b->kind] = b;
 }
 
+/* Unlink b. Lists left empty stay until index_prune, so that a replacement
+ * reserved beforehand (apply_binding) still finds its room. */
 static void index_del(ks_rbac *st, binding *b)
 {
     if (binding_indexed(b))
         for (uint32_t i = 0; i < b->nsub; i++) {
-            uint64_t k = binding_key(b, i);
-            bvec *v = u64_get(&st->index, k);
+            bvec *v = u64_get(&st->index, binding_key(b, i));
             if (v == NULL)
                 continue;
             for (uint32_t j = 0; j < v->n; j++) {
@@ -893,8 +882,6 @@ static void index_del(ks_rbac *st, binding *b)
                 v->n--;
                 break;
             }
-            if (v->n == 0)
-                free(u64_take(&st->index, k));
         }
     if (b->prev)
         b->prev->next = b->next;
@@ -912,7 +899,7 @@ static int role_ref_kind(const char *s)
     return -1;
 }
 
-/* Append s to the malloc'd-later description: sized by the caller. */
+/* `Kind "ns/name" of RoleKind "role"`, malloc'd; NULL on OOM. */
 static char *binding_desc(int kind, const meta *m, int rkind, const char *rname)
 {
     const char *bk = binding_kind_names[kind], *rk = role_kind_names[rkind];
@@ -1204,11 +1191,13 @@ static ks_status apply_binding(ks_rbac *st, int kind, const json_t *obj, const m
         goto out;
     }
     /* nothing can fail from here on */
-    if (old != NULL) {
+    if (old != NULL)
         index_del(st, old);
+    index_add(st, b);
+    if (old != NULL) {
+        index_prune(st, old);
         binding_free(st, old);
     }
-    index_add(st, b);
     b = NULL;
 out:
     free(key);
@@ -1221,7 +1210,7 @@ ks_status ks_rbac_apply(ks_rbac *st, const char *kind, const json_t *obj)
     ks_status rc;
     bool is_binding = false;
     int k;
-    meta m;
+    meta m = {0};
 
     if (st == NULL || kind == NULL || obj == NULL)
         return KS_FAIL(KS_ERR_INVALID, "ks_rbac_apply: NULL argument");
@@ -1263,6 +1252,7 @@ ks_status ks_rbac_remove(ks_rbac *st, const char *kind, const char *ns, const ch
             goto out;
         }
         index_del(st, b);
+        index_prune(st, b);
         binding_free(st, b);
     } else {
         role_slot *sl = ks_strmap_get(st->slots, key);
@@ -1711,7 +1701,8 @@ static ks_status decide(ks_rbac *st, const ks_rbac_user *user, const ks_rbac_req
     uint32_t uid;
 
     if (st == NULL || user == NULL || req == NULL || out == NULL ||
-        (user->ngroups > 0 && user->groups == NULL) || (unsigned)req->scope > KS_RBAC_SCOPE_NAMESPACE)
+        (user->ngroups > 0 && user->groups == NULL) ||
+        (req->is_resource_request && (unsigned)req->scope > KS_RBAC_SCOPE_NAMESPACE))
         return KS_FAIL(KS_ERR_INVALID, "ks_rbac_decide: bad argument");
     if (user->ngroups > KS_RBAC_MAX_GROUPS)
         return KS_FAIL(KS_ERR_TOO_LARGE, "ks_rbac_decide: %zu groups", user->ngroups);

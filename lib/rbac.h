@@ -169,9 +169,9 @@ ks_status ks_rbac_set_user_groups(ks_rbac *store, const char *user, const char *
                                   size_t n) __attribute__((warn_unused_result));
 
 /* Decide whether user may do req. Fills *out and returns KS_OK, whatever the
- * decision. KS_ERR_INVALID (a NULL argument, a scope out of range) and
- * KS_ERR_TOO_LARGE (more than KS_RBAC_MAX_GROUPS groups in all) leave *out
- * untouched. Allocates nothing. */
+ * decision. KS_ERR_INVALID (a NULL argument, a resource request's scope out
+ * of range) and KS_ERR_TOO_LARGE (more than KS_RBAC_MAX_GROUPS groups in
+ * user->groups) leave *out untouched. Allocates nothing. */
 ks_status ks_rbac_decide(ks_rbac *store, const ks_rbac_user *user, const ks_rbac_request *req,
                          ks_rbac_decision *out) __attribute__((warn_unused_result));
 

@@ -3,10 +3,12 @@
  * watched resource (resources.c) feeding the mirror writer (mirror.c), which
  * writes only while this replica leads. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
 #include "mirror.h"
@@ -31,6 +33,7 @@ static const ks_config_opt reconciler_options[] = {
 };
 
 typedef struct {
+    ks_service *svc;
     ks_kube_client *kube;
     rec_mirror *mirror;
     /* Held while the reflectors start: their threads call on_synced as soon
@@ -39,9 +42,19 @@ typedef struct {
     pthread_mutex_t start_mu;
     ks_reflector *reflectors[32];
     size_t nreflectors;
+    /* the repair thread */
+    pthread_t repair_thread;
+    int repair_running;
+    pthread_mutex_t repair_mu;
+    pthread_cond_t repair_cond;
+    int stopping;
 } reconciler;
 
-static reconciler rec = {.start_mu = PTHREAD_MUTEX_INITIALIZER};
+static reconciler rec = {
+    .start_mu = PTHREAD_MUTEX_INITIALIZER,
+    .repair_mu = PTHREAD_MUTEX_INITIALIZER,
+    .repair_cond = PTHREAD_COND_INITIALIZER,
+};
 
 static int reconciler_ready(void *arg, char *why, size_t whycap)
 {
@@ -53,6 +66,9 @@ static int reconciler_ready(void *arg, char *why, size_t whycap)
     pthread_mutex_lock(&r->start_mu);
     if (r->mirror == NULL || r->nreflectors < rec_nresources) {
         snprintf(why, whycap, "starting");
+        ready = 0;
+    } else if (!rec_mirror_is_open(r->mirror)) {
+        snprintf(why, whycap, "mirror bucket not open yet");
         ready = 0;
     }
     for (size_t i = 0; ready && i < r->nreflectors; i++) {
@@ -70,6 +86,10 @@ static void resync_one(reconciler *r, size_t i)
 {
     unsigned puts = 0, dels = 0;
 
+    /* Before its first list the store is empty: a resync would empty the
+     * bucket. */
+    if (!ks_reflector_has_synced(r->reflectors[i]))
+        return;
     if (rec_mirror_resync(r->mirror, r->reflectors[i], &rec_resources[i], &puts, &dels) != KS_OK)
         ks_warn("mirror: resync of %s failed: %s", rec_resources[i].resource, ks_status_last());
     else if (puts || dels)
@@ -96,6 +116,35 @@ static void on_synced(void *arg, const ks_reflector_resource *res)
     }
 }
 
+/* Once a second: while leading, open the bucket when it is not open yet and
+ * resync everything after a failed write (NATS was away, a write timed out). */
+static void *repair_loop(void *arg)
+{
+    reconciler *r = arg;
+    struct timespec ts;
+
+    pthread_mutex_lock(&r->repair_mu);
+    while (!r->stopping) {
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&r->repair_cond, &r->repair_mu, &ts);
+        if (r->stopping)
+            break;
+        pthread_mutex_unlock(&r->repair_mu);
+        if (ks_bus_is_connected(ks_service_bus(r->svc))) {
+            int was_open = rec_mirror_is_open(r->mirror);
+            if (rec_mirror_open(r->mirror) == KS_OK && rec_mirror_is_leader(r->mirror) &&
+                (!was_open || rec_mirror_take_dirty(r->mirror))) {
+                for (size_t i = 0; i < r->nreflectors; i++)
+                    resync_one(r, i);
+            }
+        }
+        pthread_mutex_lock(&r->repair_mu);
+    }
+    pthread_mutex_unlock(&r->repair_mu);
+    return NULL;
+}
+
 static void on_event(void *arg, const ks_reflector_resource *res, const ks_reflect_event *ev)
 {
     reconciler *r = arg;
@@ -110,6 +159,14 @@ static void reconciler_stop(void *state)
 
     if (r == NULL)
         return;
+    if (r->repair_running) {
+        pthread_mutex_lock(&r->repair_mu);
+        r->stopping = 1;
+        pthread_cond_broadcast(&r->repair_cond);
+        pthread_mutex_unlock(&r->repair_mu);
+        pthread_join(r->repair_thread, NULL);
+        r->repair_running = 0;
+    }
     pthread_mutex_lock(&r->start_mu);
     n = r->nreflectors;
     r->nreflectors = 0;
@@ -133,6 +190,7 @@ static ks_status reconciler_start(ks_service *svc, void *cfgp, void **state)
     rec_mirror *m = NULL;
     ks_status st;
 
+    r->svc = svc;
     st = ks_service_kube_client(&cfg->common, &r->kube);
     if (st)
         goto out;
@@ -157,6 +215,11 @@ static ks_status reconciler_start(ks_service *svc, void *cfgp, void **state)
     pthread_mutex_unlock(&r->start_mu);
     if (st)
         goto out;
+    if (pthread_create(&r->repair_thread, NULL, repair_loop, r) != 0) {
+        st = KS_FAIL(KS_ERR_INTERNAL, "cannot start the repair thread");
+        goto out;
+    }
+    r->repair_running = 1;
     *state = r;
     st = KS_OK;
 out:

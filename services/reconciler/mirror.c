@@ -17,7 +17,11 @@
 
 struct rec_mirror {
     ks_bus *bus;
-    ks_bus_kv *kv;
+    ks_bus_kv *kv;              /* under write_mu; NULL until opened */
+    char bucket[256];
+    int replicas;
+    atomic_int open;
+    atomic_int dirty;
     pthread_mutex_t write_mu;   /* one writer at a time: events and resyncs */
     atomic_int leading;
     ks_metric *m_puts, *m_deletes, *m_errors, *m_lag, *m_leader;
@@ -40,17 +44,15 @@ static double mono_s(void)
 ks_status rec_mirror_create(ks_bus *bus, const char *bucket, int replicas, rec_mirror **out)
 {
     static const double lag_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1};
-    ks_bus_kv_cfg cfg = {.bucket = bucket, .history = 1, .replicas = replicas};
     rec_mirror *m = calloc(1, sizeof(*m));
-    ks_status st;
 
     if (m == NULL)
         return KS_FAIL(KS_ERR_NOMEM, "mirror");
-    st = ks_bus_kv_open(bus, &cfg, 1, &m->kv);
-    if (st) {
+    if (snprintf(m->bucket, sizeof(m->bucket), "%s", bucket) >= (int)sizeof(m->bucket)) {
         free(m);
-        return st;
+        return KS_FAIL(KS_ERR_INVALID, "bucket name too long");
     }
+    m->replicas = replicas;
     m->bus = bus;
     pthread_mutex_init(&m->write_mu, NULL);
     m->m_puts = ks_metrics_counter("ks_mirror_puts_total", "objects written to the mirror", NULL);
@@ -71,6 +73,41 @@ void rec_mirror_destroy(rec_mirror *m)
     ks_bus_kv_close(m->kv);
     pthread_mutex_destroy(&m->write_mu);
     free(m);
+}
+
+/* Caller holds write_mu. */
+static ks_status mirror_open_locked(rec_mirror *m)
+{
+    ks_bus_kv_cfg cfg = {.bucket = m->bucket, .history = 1, .replicas = m->replicas};
+    ks_status st;
+
+    if (m->kv != NULL)
+        return KS_OK;
+    st = ks_bus_kv_open(m->bus, &cfg, 1, &m->kv);
+    if (st == KS_OK) {
+        atomic_store(&m->open, 1);
+        ks_info("mirror: bucket %s open", m->bucket);
+    }
+    return st;
+}
+
+ks_status rec_mirror_open(rec_mirror *m)
+{
+    ks_status st;
+    pthread_mutex_lock(&m->write_mu);
+    st = mirror_open_locked(m);
+    pthread_mutex_unlock(&m->write_mu);
+    return st;
+}
+
+int rec_mirror_is_open(rec_mirror *m)
+{
+    return atomic_load(&m->open);
+}
+
+int rec_mirror_take_dirty(rec_mirror *m)
+{
+    return atomic_exchange(&m->dirty, 0);
 }
 
 void rec_mirror_set_leader(rec_mirror *m, int leading)
@@ -146,8 +183,17 @@ void rec_mirror_on_event(void *arg, const ks_reflector_resource *res, const ks_r
 
     if (!atomic_load(&m->leading))
         return;
+    if (!ks_bus_is_connected(m->bus)) {
+        /* Do not stall the reflector on a bus that is away. */
+        atomic_store(&m->dirty, 1);
+        ks_metric_inc(m->m_errors);
+        return;
+    }
     pthread_mutex_lock(&m->write_mu);
-    if (ev->type == KS_REFLECT_DELETED)
+    st = mirror_open_locked(m);
+    if (st)
+        ;
+    else if (ev->type == KS_REFLECT_DELETED)
         st = write_delete(m, res, ev->namespace_, ev->name);
     else
         st = write_put(m, res,
@@ -157,7 +203,8 @@ void rec_mirror_on_event(void *arg, const ks_reflector_resource *res, const ks_r
                        ev->object_len);
     pthread_mutex_unlock(&m->write_mu);
     if (st) {
-        /* The next resync (a relist, or a new leader) repairs the bucket. */
+        /* The reconciler's resync repairs the bucket once writes work again. */
+        atomic_store(&m->dirty, 1);
         ks_metric_inc(m->m_errors);
         ks_warn("mirror: cannot write %s %s/%s: %s", res->resource, ev->namespace_, ev->name,
                 ks_status_last());
@@ -263,6 +310,8 @@ ks_status rec_mirror_resync(rec_mirror *m, ks_reflector *r, const ks_reflector_r
     ks_status st;
     size_t n;
 
+    if (!ks_bus_is_connected(m->bus))
+        return KS_FAIL(KS_ERR_UNAVAILABLE, "not connected to NATS");
     st = ks_subject_escape_group(res->group, group, sizeof(group));
     if (st)
         return st;
@@ -280,6 +329,9 @@ ks_status rec_mirror_resync(rec_mirror *m, ks_reflector *r, const ks_reflector_r
     pthread_cond_init(&bs.cond, NULL);
 
     pthread_mutex_lock(&m->write_mu);
+    st = mirror_open_locked(m);
+    if (st)
+        goto out;
     st = ks_bus_kv_watch(m->kv, prefix, scan_entry, &bs, &w);
     if (st)
         goto out;
@@ -300,12 +352,15 @@ ks_status rec_mirror_resync(rec_mirror *m, ks_reflector *r, const ks_reflector_r
     ks_reflector_each(r, resync_object, &rc);
     if (rc.st) {
         st = rc.st;
+        atomic_store(&m->dirty, 1);
         goto out;
     }
     /* What is left in the bucket map no longer exists in the API. */
     dc.m = m;
     ks_strmap_each(bs.bucket, resync_delete, &dc);
     st = dc.st;
+    if (st)
+        atomic_store(&m->dirty, 1);
     if (st == KS_OK) {
         if (puts) *puts = rc.puts;
         if (deletes) *deletes = dc.deletes;

@@ -15,9 +15,21 @@
 
 typedef struct rec_mirror rec_mirror;
 
-/* Open (or create, with replicas) the bucket. */
+/* A writer for bucket (created with replicas when missing). The bucket is
+ * opened on first use, so NATS may be away at start; until it is open,
+ * writes fail and mark the mirror dirty. */
 ks_status rec_mirror_create(ks_bus *bus, const char *bucket, int replicas, rec_mirror **out)
     __attribute__((warn_unused_result));
+
+/* 1 once the bucket is open. */
+int rec_mirror_is_open(rec_mirror *m);
+
+/* Open the bucket now if it is not open yet. */
+ks_status rec_mirror_open(rec_mirror *m);
+
+/* 1 if a write failed since the last call (and clear the flag): the bucket
+ * may differ from the API and needs a resync. */
+int rec_mirror_take_dirty(rec_mirror *m);
 void rec_mirror_destroy(rec_mirror *m);          /* NULL is a no-op */
 
 /* A ks_reflector_fn: arg is the rec_mirror. Writes when leading. */
