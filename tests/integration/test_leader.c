@@ -128,6 +128,12 @@ static void on_new_leader(const char *identity, void *arg)
     pthread_mutex_unlock(&c->mu);
 }
 
+/* Candidates, the sampler, the proxy and its client live in static storage
+ * and are registered here, so that the per-test teardown can stop whatever a
+ * failed test left running (a failed assertion leaves the test function). */
+#define MAX_LIVE 4
+static cand *live_cands[MAX_LIVE];
+
 static void cand_start(cand *c, ks_kube_client *kube, const char *lease_ns, const char *name,
                        const char *identity, int release)
 {
@@ -149,13 +155,45 @@ static void cand_start(cand *c, ks_kube_client *kube, const char *lease_ns, cons
     cfg.arg = c;
     if (ks_leader_start(kube, &cfg, &c->l) != KS_OK)
         fail_msg("ks_leader_start: %s", ks_status_last());
+    for (int i = 0; i < MAX_LIVE; i++) {
+        if (live_cands[i] == NULL) {
+            live_cands[i] = c;
+            return;
+        }
+    }
+    fail_msg("more than %d live candidates", MAX_LIVE);
 }
 
+/* Stop c (a no-op when it is not running). */
 static void cand_stop(cand *c)
 {
+    int found = 0;
+
+    for (int i = 0; i < MAX_LIVE; i++) {
+        if (live_cands[i] == c) {
+            live_cands[i] = NULL;
+            found = 1;
+        }
+    }
+    if (!found)
+        return;
     ks_leader_stop(c->l);
     c->l = NULL;
     pthread_mutex_destroy(&c->mu);
+}
+
+/* Wait until c's on_started_leading has run n times (ks_leader_is_leader
+ * turns 1 just before the callback runs). */
+static int64_t wait_started(cand *c, int n, int64_t timeout_ms)
+{
+    int64_t t0 = now_ms();
+
+    while (atomic_load(&c->started) < n) {
+        if (now_ms() - t0 > timeout_ms)
+            return -1;
+        nap_ms(2);
+    }
+    return now_ms() - t0;
 }
 
 static int cand_leads(void *arg)
@@ -370,6 +408,9 @@ static void *proxy_accept(void *arg)
     return NULL;
 }
 
+static proxy *live_proxy;
+static ks_kube_client *live_via;
+
 static void proxy_start(proxy *p, int up_port)
 {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
@@ -385,6 +426,7 @@ static void proxy_start(proxy *p, int up_port)
     assert_int_equal(getsockname(p->lfd, (struct sockaddr *)&a, &len), 0);
     p->port = ntohs(a.sin_port);
     assert_int_equal(pthread_create(&p->th, NULL, proxy_accept, p), 0);
+    live_proxy = p;
 }
 
 static int proxy_idle(void *arg)
@@ -392,12 +434,17 @@ static int proxy_idle(void *arg)
     return atomic_load(&((proxy *)arg)->live) == 0;
 }
 
+/* Stop accepting, end every connection, wait for the pumps. */
 static void proxy_stop(proxy *p)
 {
+    if (p != live_proxy)
+        return;
+    live_proxy = NULL;
     atomic_store(&p->stop, 1);
     pthread_join(p->th, NULL);
     close(p->lfd);
-    assert_true(wait_until(proxy_idle, p, 5000) >= 0);
+    if (wait_until(proxy_idle, p, 5000) < 0)
+        fprintf(stderr, "proxy: connections still open after 5 s\n");
 }
 
 /* A client for the same API server through the proxy. */
@@ -479,7 +526,7 @@ static int group_teardown(void **state)
 static void test_single_candidate(void **state)
 {
     char name[128], id[128], buf[128];
-    cand a;
+    static cand a;
     json_t *lease, *again;
     int64_t took;
 
@@ -489,7 +536,7 @@ static void test_single_candidate(void **state)
     unique_name(name, sizeof(name), "single");
     snprintf(id, sizeof(id), "%s-a", prefix);
     cand_start(&a, client, NULL, name, id, 1); /* NULL: the default namespace, NS */
-    took = wait_until(cand_leads, &a, 5000);
+    took = wait_started(&a, 1, 5000);
     assert_true(took >= 0);
     print_message("single candidate led after %lld ms\n", (long long)took);
     assert_int_equal(atomic_load(&a.started), 1);
@@ -561,15 +608,35 @@ static void *sample_loop(void *arg)
     return NULL;
 }
 
+static sampler *live_sampler;
+static pthread_t live_sampler_th;
+
+static void sampler_start(sampler *s, cand *a, cand *b)
+{
+    memset(s, 0, sizeof(*s));
+    s->a = a;
+    s->b = b;
+    assert_int_equal(pthread_create(&live_sampler_th, NULL, sample_loop, s), 0);
+    live_sampler = s;
+}
+
+static void sampler_stop(void)
+{
+    if (live_sampler == NULL)
+        return;
+    atomic_store(&live_sampler->stop, 1);
+    pthread_join(live_sampler_th, NULL);
+    live_sampler = NULL;
+}
+
 /* Two candidates: exactly one leads; the other takes over within about a
  * retry period when the leader stops and releases. */
 static void test_two_candidates_and_release_handover(void **state)
 {
     char name[128], ida[128], idb[128], buf[128];
-    cand a, b;
+    static cand a, b;
     pair p = {&a, &b};
-    sampler s = {.a = &a, .b = &b};
-    pthread_t th;
+    static sampler s;
     cand *leader, *standby;
     int64_t took, t_stop;
 
@@ -581,7 +648,7 @@ static void test_two_candidates_and_release_handover(void **state)
     snprintf(idb, sizeof(idb), "%s-b", prefix);
     cand_start(&a, client, NS, name, ida, 1);
     cand_start(&b, client, NS, name, idb, 1);
-    assert_int_equal(pthread_create(&th, NULL, sample_loop, &s), 0);
+    sampler_start(&s, &a, &b);
 
     assert_true(wait_until(either_leads, &p, 5000) >= 0);
     leader = ks_leader_is_leader(a.l) ? &a : &b;
@@ -604,8 +671,7 @@ static void test_two_candidates_and_release_handover(void **state)
 
     /* the sampler reads both electors: stop it before one is freed; the
      * handover itself is checked through the callbacks (violations) */
-    atomic_store(&s.stop, 1);
-    pthread_join(th, NULL);
+    sampler_stop();
     print_message("%ld samples, %ld with two leaders\n", (long)atomic_load(&s.samples),
                   (long)atomic_load(&s.both));
     assert_true(atomic_load(&s.samples) > 100);
@@ -614,7 +680,7 @@ static void test_two_candidates_and_release_handover(void **state)
     /* clean stop of the leader: handover within about one retry period */
     t_stop = now_ms();
     cand_stop(leader);
-    took = wait_until(cand_leads, standby, JITTERED_RETRY_MS + SLACK_MS);
+    took = wait_started(standby, 1, JITTERED_RETRY_MS + SLACK_MS);
     print_message("handover after release: %lld ms from stop (%lld ms after it returned)\n",
                   (long long)(now_ms() - t_stop), (long long)took);
     assert_true(took >= 0);
@@ -639,7 +705,7 @@ static void test_two_candidates_and_release_handover(void **state)
 static void test_overwritten_lease_stops_leader(void **state)
 {
     char name[128], id[128], path[512], now_s[64], buf[128];
-    cand a;
+    static cand a;
     json_t *lease, *res = NULL;
     int64_t t_write, took;
     struct timespec rt;
@@ -686,7 +752,7 @@ static void test_overwritten_lease_stops_leader(void **state)
 
     /* nobody renews "bogus": after its lease duration (from a's observation)
      * a takes over again, and never earlier */
-    took = wait_until(cand_leads, &a, LEASE_MS + 2 * JITTERED_RETRY_MS + SLACK_MS);
+    took = wait_started(&a, 2, LEASE_MS + 2 * JITTERED_RETRY_MS + SLACK_MS);
     int64_t since_write = now_ms() - t_write;
     print_message("re-acquired %lld ms after the overwrite\n", (long long)since_write);
     assert_true(took >= 0);
@@ -709,8 +775,8 @@ static void test_overwritten_lease_stops_leader(void **state)
 static void test_renew_deadline_when_unreachable(void **state)
 {
     char name[128], ida[128], idb[128];
-    cand a, b;
-    proxy px;
+    static cand a, b;
+    static proxy px;
     ks_kube_client *via;
     int port;
     int64_t t_cut, took;
@@ -728,6 +794,7 @@ static void test_renew_deadline_when_unreachable(void **state)
     snprintf(idb, sizeof(idb), "%s-b", prefix);
     proxy_start(&px, port);
     via = client_via(&px);
+    live_via = via;
     cand_start(&a, via, NS, name, ida, 1);
     assert_true(wait_until(cand_leads, &a, 5000) >= 0);
     cand_start(&b, client, NS, name, idb, 1);
@@ -751,7 +818,7 @@ static void test_renew_deadline_when_unreachable(void **state)
     assert_true(took >= RENEW_MS - RETRY_MS - 200);
     assert_false(ks_leader_is_leader(b.l));
 
-    took = wait_until(cand_leads, &b, LEASE_MS + 2 * JITTERED_RETRY_MS + SLACK_MS);
+    took = wait_started(&b, 1, LEASE_MS + 2 * JITTERED_RETRY_MS + SLACK_MS);
     print_message("standby took over %lld ms after the cut\n", (long long)(now_ms() - t_cut));
     assert_true(took >= 0);
     assert_true(atomic_load(&b.started_at) > atomic_load(&a.stopped_at));
@@ -770,6 +837,7 @@ static void test_renew_deadline_when_unreachable(void **state)
     cand_stop(&a);
     cand_stop(&b);
     ks_kube_client_destroy(via);
+    live_via = NULL;
     proxy_stop(&px);
     assert_int_equal(atomic_load(&violations), 0);
     lease_delete(name);
@@ -780,7 +848,7 @@ static void test_renew_deadline_when_unreachable(void **state)
 static void test_crashed_leader_replaced_after_lease_duration(void **state)
 {
     char name[128], ida[128], idb[128];
-    cand a, b;
+    static cand a, b;
     int64_t t_stop, took, delay;
     json_t *lease;
 
@@ -831,7 +899,7 @@ static void test_crashed_leader_replaced_after_lease_duration(void **state)
 static void test_deleted_lease_is_recreated(void **state)
 {
     char name[128], id[128];
-    cand a;
+    static cand a;
     json_t *lease = NULL;
     int64_t t0;
 
@@ -883,7 +951,7 @@ static void test_missing_namespace_retried(void **state)
 {
     char ns[128], name[128], id[128], path[512];
     const char *nsn[2];
-    cand a;
+    static cand a;
     json_t *obj, *res = NULL;
     int64_t took;
 
@@ -921,16 +989,31 @@ static void test_missing_namespace_retried(void **state)
         json_decref(res);
 }
 
+/* After every test, also a failed one: stop what it left running. */
+static int test_teardown(void **state)
+{
+    (void)state;
+    sampler_stop();
+    for (int i = 0; i < MAX_LIVE; i++)
+        if (live_cands[i] != NULL)
+            cand_stop(live_cands[i]);
+    ks_kube_client_destroy(live_via);
+    live_via = NULL;
+    if (live_proxy != NULL)
+        proxy_stop(live_proxy);
+    return 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_single_candidate),
-        cmocka_unit_test(test_two_candidates_and_release_handover),
-        cmocka_unit_test(test_overwritten_lease_stops_leader),
-        cmocka_unit_test(test_renew_deadline_when_unreachable),
-        cmocka_unit_test(test_crashed_leader_replaced_after_lease_duration),
-        cmocka_unit_test(test_deleted_lease_is_recreated),
-        cmocka_unit_test(test_missing_namespace_retried),
+        cmocka_unit_test_teardown(test_single_candidate, test_teardown),
+        cmocka_unit_test_teardown(test_two_candidates_and_release_handover, test_teardown),
+        cmocka_unit_test_teardown(test_overwritten_lease_stops_leader, test_teardown),
+        cmocka_unit_test_teardown(test_renew_deadline_when_unreachable, test_teardown),
+        cmocka_unit_test_teardown(test_crashed_leader_replaced_after_lease_duration, test_teardown),
+        cmocka_unit_test_teardown(test_deleted_lease_is_recreated, test_teardown),
+        cmocka_unit_test_teardown(test_missing_namespace_retried, test_teardown),
     };
 
     ks_log_init("test_leader", KS_LOG_INFO);
