@@ -950,12 +950,20 @@ static void *kv_watch_thread(void *arg)
 
     while (!atomic_load(&w->stop)) {
         kvEntry *e = NULL;
-        natsStatus ns = kvWatcher_Next(&e, w->w, 250);
+        natsStatus ns = kvWatcher_Next(&e, w->w, 100);
 
         if (ns == NATS_TIMEOUT)
             continue;
-        if (ns != NATS_OK)
-            break; /* stopped or the connection closed */
+        if (ns != NATS_OK) {
+            /* The connection closed under the watch: say so, a reader that
+             * stops following the bucket must not be silent. */
+            if (!atomic_load(&w->stop)) {
+                ks_metric_inc(ks_metrics_counter("ks_bus_kv_watch_ended_total",
+                                                 "KV watches that ended on an error", NULL));
+                ks_error("nats: kv watch ended: %s", natsStatus_GetText(ns));
+            }
+            break;
+        }
         if (e == NULL) {
             initial_done = 1;
             w->fn(NULL, w->arg);
@@ -1016,8 +1024,10 @@ void ks_bus_kv_watch_stop(ks_bus_kv_watcher *w)
 {
     if (w == NULL)
         return;
+    /* Never kvWatcher_Stop while the thread is inside kvWatcher_Next: cnats
+     * 3.4.1 then leaks the message Next had just received. The thread sees
+     * the flag within its 100 ms poll; Destroy stops the watcher after. */
     atomic_store(&w->stop, 1);
-    kvWatcher_Stop(w->w);
     pthread_join(w->thread, NULL);
     kvWatcher_Destroy(w->w);
     free(w);

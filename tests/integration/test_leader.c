@@ -134,8 +134,10 @@ static void on_new_leader(const char *identity, void *arg)
 #define MAX_LIVE 4
 static cand *live_cands[MAX_LIVE];
 
-static void cand_start(cand *c, ks_kube_client *kube, const char *lease_ns, const char *name,
-                       const char *identity, int release)
+/* Start c with the test timings, or the defaults when lease_ms is 0. */
+static void cand_start_timed(cand *c, ks_kube_client *kube, const char *lease_ns,
+                             const char *name, const char *identity, int release, int64_t lease_ms,
+                             int64_t renew_ms, int64_t retry_ms)
 {
     ks_leader_config cfg;
 
@@ -145,9 +147,9 @@ static void cand_start(cand *c, ks_kube_client *kube, const char *lease_ns, cons
     cfg.lease_namespace = lease_ns;
     cfg.name = name;
     cfg.identity = identity;
-    cfg.lease_duration_ms = LEASE_MS;
-    cfg.renew_deadline_ms = RENEW_MS;
-    cfg.retry_period_ms = RETRY_MS;
+    cfg.lease_duration_ms = lease_ms;
+    cfg.renew_deadline_ms = renew_ms;
+    cfg.retry_period_ms = retry_ms;
     cfg.release_on_cancel = release;
     cfg.on_started_leading = on_started;
     cfg.on_stopped_leading = on_stopped;
@@ -162,6 +164,12 @@ static void cand_start(cand *c, ks_kube_client *kube, const char *lease_ns, cons
         }
     }
     fail_msg("more than %d live candidates", MAX_LIVE);
+}
+
+static void cand_start(cand *c, ks_kube_client *kube, const char *lease_ns, const char *name,
+                       const char *identity, int release)
+{
+    cand_start_timed(c, kube, lease_ns, name, identity, release, LEASE_MS, RENEW_MS, RETRY_MS);
 }
 
 /* Stop c (a no-op when it is not running). */
@@ -700,6 +708,48 @@ static void test_two_candidates_and_release_handover(void **state)
     lease_delete(name);
 }
 
+/* With the production timings (15 s / 10 s / 2 s) a clean shutdown hands
+ * over within 3 s, as the Mirror issue asks. */
+static void test_default_timings_handover_within_3s(void **state)
+{
+    char name[128], ida[128], idb[128], buf[128];
+    static cand a, b;
+    pair p = {&a, &b};
+    cand *leader, *standby;
+    int64_t t_stop, took;
+
+    (void)state;
+    NEED_CLIENT();
+    reset_counts();
+    unique_name(name, sizeof(name), "defaults");
+    snprintf(ida, sizeof(ida), "%s-a", prefix);
+    snprintf(idb, sizeof(idb), "%s-b", prefix);
+    cand_start_timed(&a, client, NS, name, ida, 1, 0, 0, 0);
+    assert_true(wait_until(either_leads, &p, 5000) >= 0);
+    cand_start_timed(&b, client, NS, name, idb, 1, 0, 0, 0);
+    leader = ks_leader_is_leader(a.l) ? &a : &b;
+    standby = leader == &a ? &b : &a;
+    assert_true(wait_started(leader, 1, 1000) >= 0);
+    /* the standby has read the Lease and waits on the leader's claim */
+    int64_t t0 = now_ms();
+    while (ks_leader_current(standby->l, buf, sizeof(buf)) != KS_OK) {
+        assert_true(now_ms() - t0 < 5000);
+        nap_ms(5);
+    }
+    assert_false(ks_leader_is_leader(standby->l));
+
+    t_stop = now_ms();
+    cand_stop(leader);
+    took = wait_started(standby, 1, 3000);
+    print_message("default timings: handover %lld ms after stop\n",
+                  (long long)(now_ms() - t_stop));
+    assert_true(took >= 0);
+    assert_true(now_ms() - t_stop <= 3000);
+    cand_stop(standby);
+    assert_int_equal(atomic_load(&violations), 0);
+    lease_delete(name);
+}
+
 /* A leader whose Lease is overwritten by someone else stops leading, and
  * takes the Lease back once the bogus holder's claim expires. */
 static void test_overwritten_lease_stops_leader(void **state)
@@ -1009,6 +1059,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_single_candidate, test_teardown),
         cmocka_unit_test_teardown(test_two_candidates_and_release_handover, test_teardown),
+        cmocka_unit_test_teardown(test_default_timings_handover_within_3s, test_teardown),
         cmocka_unit_test_teardown(test_overwritten_lease_stops_leader, test_teardown),
         cmocka_unit_test_teardown(test_renew_deadline_when_unreachable, test_teardown),
         cmocka_unit_test_teardown(test_crashed_leader_replaced_after_lease_duration, test_teardown),

@@ -453,6 +453,8 @@ static int label_is(ks_mirror_cache *c, const char *resource, const char *k, con
 
 /* ---- fixtures ---- */
 
+static void conc_join(void); /* test_concurrent_readers' threads */
+
 static int group_setup(void **state)
 {
     ks_log_init("test-mirror", KS_LOG_ERROR);
@@ -479,6 +481,7 @@ static int test_setup(void **state)
 
 static int test_teardown(void **state)
 {
+    conc_join(); /* before the cache they read goes */
     for (int i = 0; i < 3; i++) {
         ks_mirror_cache_destroy(t_cache[i]);
         t_cache[i] = NULL;
@@ -780,10 +783,23 @@ static void test_server_restart(void **state)
     assert_true(rv_is(c, USERS, "", "after", "2"));
 }
 
-/* Readers hammer the lookups while the watch thread applies changes. */
+/* Readers hammer the lookups while the watch thread applies changes. The
+ * threads are static so that the teardown stops them even when an assertion
+ * ended the test early. */
+#define CONC_READERS 3
 static ks_mirror_cache *conc_cache;
 static atomic_int conc_stop;
 static atomic_long conc_reads;
+static pthread_t conc_threads[CONC_READERS];
+static int conc_running;
+
+static void conc_join(void)
+{
+    atomic_store(&conc_stop, 1);
+    for (int i = 0; i < conc_running; i++)
+        pthread_join(conc_threads[i], NULL);
+    conc_running = 0;
+}
 
 static int conc_visit(const ks_mirror_item *it, void *arg)
 {
@@ -812,6 +828,8 @@ static void *conc_reader(void *arg)
         ks_mirror_cache_foreach(conc_cache, USERS, NULL, conc_visit, &local);
         (void)ks_mirror_cache_generation(conc_cache);
         local++;
+        if (i % 64 == 63)
+            sleep_us(100); /* leave the writer some CPU (valgrind runs one thread at a time) */
     }
     atomic_fetch_add(&conc_reads, local);
     return NULL;
@@ -820,7 +838,6 @@ static void *conc_reader(void *arg)
 static void test_concurrent_readers(void **state)
 {
     const char *bucket = "MT_CONC";
-    pthread_t readers[3];
     char name[32], rv[16];
 
     t_kv = open_bucket(bucket);
@@ -828,8 +845,10 @@ static void test_concurrent_readers(void **state)
     assert_int_equal(ks_mirror_cache_wait_synced(conc_cache, WAIT_MS), KS_OK);
     atomic_store(&conc_stop, 0);
     atomic_store(&conc_reads, 0);
-    for (int i = 0; i < 3; i++)
-        assert_int_equal(pthread_create(&readers[i], NULL, conc_reader, NULL), 0);
+    for (int i = 0; i < CONC_READERS; i++) {
+        assert_int_equal(pthread_create(&conc_threads[i], NULL, conc_reader, NULL), 0);
+        conc_running++;
+    }
     for (int i = 0; i < 600; i++) {
         snprintf(name, sizeof(name), "u-%02d", i % 40);
         snprintf(rv, sizeof(rv), "%d", i + 1);
@@ -840,16 +859,14 @@ static void test_concurrent_readers(void **state)
     }
     write_obj(t_kv, USERS, "", "last", "1", NULL, NULL);
     AWAIT(rv_is(conc_cache, USERS, "", "last", "1"), WAIT_MS);
-    atomic_store(&conc_stop, 1);
-    for (int i = 0; i < 3; i++)
-        pthread_join(readers[i], NULL);
+    conc_join();
     assert_true(rv_is(conc_cache, USERS, "", "last", "1"));
     assert_true(atomic_load(&conc_reads) > 0);
     /* i = 599 (599 % 7 == 4, 599 % 3 == 2): u-39 put with rv 600, label a */
     assert_true(rv_is(conc_cache, USERS, "", "u-39", "600"));
     /* i = 594 (594 % 7 == 6): u-34 deleted last */
     assert_true(rv_is(conc_cache, USERS, "", "u-34", "-"));
-    fprintf(stderr, "  %ld reader iterations during 600 changes\n",
+    fprintf(stderr, "  %ld reader lookups and visits during 600 changes\n",
             (long)atomic_load(&conc_reads));
 }
 
