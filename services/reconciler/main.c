@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "leader.h"
 #include "log.h"
 #include "mirror.h"
 #include "resources.h"
@@ -36,6 +37,8 @@ typedef struct {
     ks_service *svc;
     ks_kube_client *kube;
     rec_mirror *mirror;
+    ks_leader *leader;          /* NULL with --leader-elect=false */
+    atomic_int resync_wanted;   /* a new leader's first job: resync everything */
     /* Held while the reflectors start: their threads call on_synced as soon
      * as their first list is in, possibly before reflectors[] and
      * nreflectors say they exist. */
@@ -134,7 +137,8 @@ static void *repair_loop(void *arg)
         if (ks_bus_is_connected(ks_service_bus(r->svc))) {
             int was_open = rec_mirror_is_open(r->mirror);
             if (rec_mirror_open(r->mirror) == KS_OK && rec_mirror_is_leader(r->mirror) &&
-                (!was_open || rec_mirror_take_dirty(r->mirror))) {
+                (!was_open || atomic_exchange(&r->resync_wanted, 0) |
+                                  rec_mirror_take_dirty(r->mirror))) {
                 for (size_t i = 0; i < r->nreflectors; i++)
                     resync_one(r, i);
             }
@@ -143,6 +147,29 @@ static void *repair_loop(void *arg)
     }
     pthread_mutex_unlock(&r->repair_mu);
     return NULL;
+}
+
+static void wake_repair(reconciler *r)
+{
+    pthread_mutex_lock(&r->repair_mu);
+    pthread_cond_broadcast(&r->repair_cond);
+    pthread_mutex_unlock(&r->repair_mu);
+}
+
+/* Leadership callbacks run on the elector's thread: they only flip flags,
+ * the resync itself runs on the repair thread so renewals never wait. */
+static void on_started_leading(void *arg)
+{
+    reconciler *r = arg;
+    rec_mirror_set_leader(r->mirror, 1);
+    atomic_store(&r->resync_wanted, 1);
+    wake_repair(r);
+}
+
+static void on_stopped_leading(void *arg)
+{
+    reconciler *r = arg;
+    rec_mirror_set_leader(r->mirror, 0);
 }
 
 static void on_event(void *arg, const ks_reflector_resource *res, const ks_reflect_event *ev)
@@ -159,6 +186,9 @@ static void reconciler_stop(void *state)
 
     if (r == NULL)
         return;
+    /* First hand the Lease over (writes stop before it is released). */
+    ks_leader_stop(r->leader);
+    r->leader = NULL;
     if (r->repair_running) {
         pthread_mutex_lock(&r->repair_mu);
         r->stopping = 1;
@@ -220,6 +250,16 @@ static ks_status reconciler_start(ks_service *svc, void *cfgp, void **state)
         goto out;
     }
     r->repair_running = 1;
+    if (cfg->leader_elect) {
+        ks_leader_config lc;
+        ks_leader_config_init(&lc);
+        lc.on_started_leading = on_started_leading;
+        lc.on_stopped_leading = on_stopped_leading;
+        lc.arg = r;
+        st = ks_leader_start(r->kube, &lc, &r->leader);
+        if (st)
+            goto out;
+    }
     *state = r;
     st = KS_OK;
 out:
