@@ -13,6 +13,7 @@ struct ks_service {
     const ks_service_spec *spec;
     ks_bus *bus;
     ks_micro *micro;
+    ks_mirror_cache *mirror;
     ks_admin *admin;
     /* Set once bus and micro exist. The admin thread's ready probe reads them
      * only after seeing it, so their writes in ks_service_start do not race
@@ -43,6 +44,8 @@ static int service_ready(void *arg, char *why, size_t whycap)
         snprintf(why, whycap, "not connected to NATS");
         return 0;
     }
+    if (svc->mirror != NULL && !ks_mirror_cache_ready(svc->mirror, why, whycap))
+        return 0;
     if (svc->spec->ready != NULL)
         return svc->spec->ready(svc->spec->ready_arg, why, whycap);
     return 1;
@@ -87,6 +90,12 @@ ks_status ks_service_start(const ks_service_spec *spec, const ks_service_common 
     st = ks_micro_create(svc->bus, &mc, &svc->micro);
     if (st)
         goto out;
+    if (spec->mirror_resources != NULL) {
+        /* Returns at once while NATS is away; loads when it comes. */
+        st = ks_mirror_cache_create(svc->bus, NULL, spec->mirror_resources, &svc->mirror);
+        if (st)
+            goto out;
+    }
     atomic_store(&svc->up, 1);
 
     ks_info("started: version %s, admin on port %d, NATS %s", KS_VERSION,
@@ -107,6 +116,11 @@ ks_bus *ks_service_bus(ks_service *svc)
 ks_micro *ks_service_micro(ks_service *svc)
 {
     return svc->micro;
+}
+
+ks_mirror_cache *ks_service_mirror(ks_service *svc)
+{
+    return svc->mirror;
 }
 
 int ks_service_admin_port(ks_service *svc)
@@ -133,6 +147,7 @@ void ks_service_stop(ks_service *svc)
     if (svc == NULL)
         return;
     ks_admin_stop(svc->admin);
+    ks_mirror_cache_destroy(svc->mirror);
     ks_micro_destroy(svc->micro);
     ks_bus_destroy(svc->bus);
     free(svc);

@@ -15,6 +15,7 @@
 #include "config.h"
 #include "kube.h"
 #include "micro.h"
+#include "mirror_cache.h"
 #include "status.h"
 
 #define KS_VERSION "0.1.0"
@@ -57,6 +58,11 @@ typedef struct {
     size_t nmeta;
     ks_service_ready_fn ready;      /* optional */
     void *ready_arg;
+    /* The mirror resources this service reads ("<group>/<resource>", core
+     * group empty: "/namespaces"), NULL-terminated; NULL = no mirror. With a
+     * list, the runtime keeps a ks_mirror_cache of bucket KS_OBJECTS and
+     * /readyz stays 503 until its initial values are loaded. */
+    const char *const *mirror_resources;
 } ks_service_spec;
 
 /* Block SIGINT/SIGTERM (so ks_service_wait can take them) and ignore
@@ -67,6 +73,8 @@ ks_status ks_service_start(const ks_service_spec *spec, const ks_service_common 
                            ks_service **out) __attribute__((warn_unused_result));
 
 ks_bus *ks_service_bus(ks_service *svc);
+/* The service's mirror cache, or NULL when the spec asked for none. */
+ks_mirror_cache *ks_service_mirror(ks_service *svc);
 ks_micro *ks_service_micro(ks_service *svc);
 int ks_service_admin_port(ks_service *svc);
 

@@ -17,12 +17,16 @@ static const ks_config_opt audit_options[] = {
 
 int main(int argc, char **argv)
 {
+    /* What this service reads from the mirror; /readyz waits for it. */
+    static const char *const mirror_resources[] = {
+        "/namespaces", "tenant.kubesphere.io/workspaces", NULL};
     static const char *const meta_keys[] = {"ks.api.groups"};
     static const char *const meta_values[] = {"tenant.kubesphere.io/v1alpha2/auditing"};
     static audit_config cfg;
     const ks_service_def def = {
         .spec = {.name = "audit", .description = "kscore audit store and queries",
-                 .meta_keys = meta_keys, .meta_values = meta_values, .nmeta = 1},
+                 .meta_keys = meta_keys, .meta_values = meta_values, .nmeta = 1,
+                 .mirror_resources = mirror_resources},
         .program = "kscore-audit",
         .summary = "kscore audit service: durable audit store and queries",
         .options = audit_options,
