@@ -4,6 +4,7 @@
 #include <nats/nats.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -941,6 +942,22 @@ ks_status ks_bus_kv_get(ks_bus_kv *kv, const char *key, void **value, size_t *le
 out:
     kvEntry_Destroy(e);
     return st;
+}
+
+ks_status ks_bus_kv_last_revision(ks_bus_kv *kv, uint64_t *revision)
+{
+    char stream[300];
+    jsStreamInfo *si = NULL;
+    jsErrCode code = 0;
+    natsStatus ns;
+
+    snprintf(stream, sizeof(stream), "KV_%s", kvStore_Bucket(kv->kv));
+    ns = js_GetStreamInfo(&si, kv->bus->js, stream, NULL, &code);
+    if (ns != NATS_OK)
+        return js_error(ns, code, stream);
+    *revision = si->State.LastSeq;
+    jsStreamInfo_Destroy(si);
+    return KS_OK;
 }
 
 static void *kv_watch_thread(void *arg)

@@ -237,6 +237,11 @@ typedef struct {
 ks_status ks_bus_kv_get(ks_bus_kv *kv, const char *key, void **value, size_t *len,
                         uint64_t *revision) __attribute__((warn_unused_result));
 
+/* The bucket's last revision (its stream's last sequence; 0 when empty):
+ * every change up to it is in the bucket. One JetStream API round trip. */
+ks_status ks_bus_kv_last_revision(ks_bus_kv *kv, uint64_t *revision)
+    __attribute__((warn_unused_result));
+
 /* Called for each entry of a watch, on the watch's own thread. entry == NULL
  * marks the end of the initial values (sent once, also for an empty bucket). */
 typedef void (*ks_bus_kv_watch_fn)(const ks_bus_kv_entry *entry, void *arg);

@@ -228,6 +228,7 @@ struct ks_mirror_cache {
     mc_map resources;      /* name -> mc_res* */
     _Atomic uint64_t generation;
     _Atomic uint64_t decode_errors;
+    _Atomic uint64_t last_revision; /* highest KV revision applied */
 
     pthread_mutex_t cb_mu; /* recursive; taken before `lock`: every index change with
                               its handler calls, and the handler table */
@@ -712,10 +713,49 @@ void ks_mirror_cache_apply(ks_mirror_cache *cache, const ks_bus_kv_entry *entry)
 {
     if (cache == NULL)
         return;
-    if (entry == NULL)
+    if (entry == NULL) {
         set_synced(cache);
-    else
-        apply_entry(cache, entry);
+        return;
+    }
+    apply_entry(cache, entry);
+    {
+        uint64_t cur = atomic_load(&cache->last_revision);
+        while (entry->revision > cur &&
+               !atomic_compare_exchange_weak(&cache->last_revision, &cur, entry->revision))
+            ;
+    }
+}
+
+uint64_t ks_mirror_cache_revision(ks_mirror_cache *cache)
+{
+    return atomic_load(&cache->last_revision);
+}
+
+ks_status ks_mirror_cache_barrier(ks_mirror_cache *cache, int timeout_ms)
+{
+    struct timespec start, now, pause = {0, 500 * 1000};
+    uint64_t target = 0;
+    ks_status st;
+
+    pthread_mutex_lock(&cache->mu);
+    /* kv is stable once the state left OPENING (set under mu after kv). */
+    st = atomic_load(&cache->state) != MC_STATE_OPENING && cache->kv != NULL
+             ? ks_bus_kv_last_revision(cache->kv, &target)
+             : KS_FAIL(KS_ERR_UNAVAILABLE, "the mirror bucket is not open");
+    pthread_mutex_unlock(&cache->mu);
+    if (st)
+        return st;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    /* The watch usually delivers within a millisecond (DESIGN.md §11). */
+    while (atomic_load(&cache->last_revision) < target) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 >=
+            timeout_ms)
+            return KS_FAIL(KS_ERR_TIMEOUT, "the mirror is behind revision %llu",
+                           (unsigned long long)target);
+        nanosleep(&pause, NULL);
+    }
+    return KS_OK;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -119,6 +119,18 @@ ks_status ks_mirror_cache_wait_synced(ks_mirror_cache *cache, int timeout_ms);
  * Returns 1 when synced, else 0 with the reason in why. Never blocks. */
 int ks_mirror_cache_ready(void *arg, char *why, size_t whycap);
 
+/* Read barrier: wait (at most timeout_ms) until the cache has applied every
+ * change the bucket held when the call started, so a read that follows sees
+ * every write acknowledged before it (read-your-writes across replicas).
+ * Exact for a cache over all keys (resources NULL); with a resource filter
+ * it may wait for changes it never receives and time out. KS_OK,
+ * KS_ERR_TIMEOUT, KS_ERR_UNAVAILABLE (bucket not open or NATS away). */
+ks_status ks_mirror_cache_barrier(ks_mirror_cache *cache, int timeout_ms)
+    __attribute__((warn_unused_result));
+
+/* The highest KV revision applied so far. */
+uint64_t ks_mirror_cache_revision(ks_mirror_cache *cache);
+
 /* ---- lookups ---- */
 
 /* The object resource/namespace/name (namespace "" or NULL for a

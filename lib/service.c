@@ -90,9 +90,11 @@ ks_status ks_service_start(const ks_service_spec *spec, const ks_service_common 
     st = ks_micro_create(svc->bus, &mc, &svc->micro);
     if (st)
         goto out;
-    if (spec->mirror_resources != NULL) {
+    if (spec->mirror_resources != NULL || spec->mirror_all) {
         /* Returns at once while NATS is away; loads when it comes. */
-        st = ks_mirror_cache_create(svc->bus, NULL, spec->mirror_resources, &svc->mirror);
+        st = ks_mirror_cache_create(svc->bus, NULL,
+                                    spec->mirror_all ? NULL : spec->mirror_resources,
+                                    &svc->mirror);
         if (st)
             goto out;
     }

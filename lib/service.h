@@ -63,6 +63,9 @@ typedef struct {
      * list, the runtime keeps a ks_mirror_cache of bucket KS_OBJECTS and
      * /readyz stays 503 until its initial values are loaded. */
     const char *const *mirror_resources;
+    /* 1: a cache over every key of the bucket instead (one watch; its
+     * ks_mirror_cache_barrier is exact). */
+    int mirror_all;
 } ks_service_spec;
 
 /* Block SIGINT/SIGTERM (so ks_service_wait can take them) and ignore

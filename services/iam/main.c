@@ -17,21 +17,13 @@ static const ks_config_opt iam_options[] = {
 
 int main(int argc, char **argv)
 {
-    /* What this service reads from the mirror; /readyz waits for it. */
-    static const char *const mirror_resources[] = {
-        "iam.kubesphere.io/users", "iam.kubesphere.io/globalroles", "iam.kubesphere.io/globalrolebindings",
-        "iam.kubesphere.io/workspaceroles", "iam.kubesphere.io/workspacerolebindings",
-        "iam.kubesphere.io/clusterroles", "iam.kubesphere.io/clusterrolebindings", "iam.kubesphere.io/roles",
-        "iam.kubesphere.io/rolebindings", "iam.kubesphere.io/roletemplates", "iam.kubesphere.io/groups",
-        "iam.kubesphere.io/groupbindings", "iam.kubesphere.io/loginrecords", "tenant.kubesphere.io/workspaces",
-        "tenant.kubesphere.io/workspacetemplates", "/namespaces", NULL};
     static const char *const meta_keys[] = {"ks.api.groups"};
     static const char *const meta_values[] = {"iam.kubesphere.io/v1beta1"};
     static iam_config cfg;
     const ks_service_def def = {
         .spec = {.name = "iam", .description = "kscore identity and access management",
                  .meta_keys = meta_keys, .meta_values = meta_values, .nmeta = 1,
-                 .mirror_resources = mirror_resources},
+                 .mirror_all = 1},
         .program = "kscore-iam",
         .summary = "kscore identity and access management: users, tokens, RBAC decisions",
         .options = iam_options,
