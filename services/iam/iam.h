@@ -1,0 +1,150 @@
+/* iam.h: the state every part of kscore-iam shares (DESIGN.md §5).
+ *
+ * iam keeps no authoritative state: users, roles, bindings, workspaces and
+ * namespaces come from the mirror (ks_mirror_cache); writes go to
+ * kube-apiserver (ks_kube_client). The parts, one file each:
+ *   api.c         the REST routes of iam.kubesphere.io/v1beta1 (ks.api.*)
+ *   users.c       users, passwords, login records
+ *   roles.c       roles, bindings, members, subjectaccessreviews
+ *   policy.c      feeds the RBAC store from the mirror
+ *   authz.c       ks.iam.authz
+ *   authn.c       ks.iam.authn
+ *   oauth.c       ks.iam.token (password and refresh_token grants), logout
+ *   revocation.c  revoked tokens: KV bucket KS_REVOKED + ks.iam.revoked
+ *   guard.c       login records and the brute-force guard
+ *   bootstrap.c   the admin user
+ *   consistency.c read-your-writes: wait until the mirror has a write */
+#ifndef IAM_H
+#define IAM_H
+
+#include <stdint.h>
+
+#include "api.h"
+#include "bus.h"
+#include "jwt.h"
+#include "kube.h"
+#include "mirror_cache.h"
+#include "password.h"
+#include "rbac.h"
+#include "service.h"
+
+#define IAM_GROUP "iam.kubesphere.io"
+#define IAM_VERSION "v1beta1"
+#define IAM_API_PREFIX "/kapis/iam.kubesphere.io/v1beta1"
+#define IAM_KUBE_PREFIX "/apis/iam.kubesphere.io/v1beta1"
+
+/* Mirror resource names ("<group>/<resource>"). */
+#define IAM_RES_USERS "iam.kubesphere.io/users"
+#define IAM_RES_LOGINRECORDS "iam.kubesphere.io/loginrecords"
+#define IAM_RES_NAMESPACES "/namespaces"
+#define IAM_RES_WORKSPACES "tenant.kubesphere.io/workspaces"
+
+typedef struct {
+    ks_service_common common;
+    char *jwt_secret_file;
+    char *issuer;
+    long long access_ttl_ms;       /* access tokens: 2 h */
+    long long refresh_ttl_ms;      /* refresh tokens: 4 h */
+    long long bcrypt_cost;         /* new hashes */
+    long long hash_workers;        /* password pool threads */
+    long long hash_queue;          /* password pool queue; beyond: 429 */
+    long long login_max_failures;  /* brute-force guard: N failures ... */
+    long long login_window_ms;     /* ... within this window */
+    long long read_wait_ms;        /* read-your-writes deadline */
+    char *admin_password;          /* bootstrap admin; secret */
+} iam_config;
+
+typedef struct iam_revocations iam_revocations;
+
+typedef struct iam {
+    const iam_config *cfg;
+    ks_service *svc;
+    ks_bus *bus;
+    ks_kube_client *kube;
+    ks_mirror_cache *mirror;
+    ks_rbac *rbac;
+    ks_password_pool *passwords;
+    ks_jwt_key *jwt;
+    void *api_private;          /* api.c */
+    iam_revocations *revoked;
+} iam;
+
+/* ---- api.c: the REST routes, served on ks.api.iam_kubesphere_io.v1beta1 ---- */
+
+/* Add routes (kept by pointer: a static table) before iam_api_start. Each
+ * part's start function registers its own. Handlers get the iam as arg. */
+ks_status iam_api_add_routes(const ks_api_route *routes, size_t n);
+
+/* ---- users.c ---- */
+
+/* Find a user by name, or by spec.email when no user has that name. *user
+ * is a new reference (json_decref). KS_ERR_NOT_FOUND if none. */
+ks_status iam_user_find(iam *s, const char *name_or_email, json_t **user);
+
+/* ---- authn.c ---- */
+
+typedef struct {
+    char username[256];
+    char uid[64];
+    char groups[16][128];
+    size_t ngroups;
+} iam_identity;
+
+typedef enum {
+    IAM_LOGIN_OK = 0,
+    IAM_LOGIN_BAD_CREDENTIALS,  /* unknown user or wrong password: 400 invalid_grant */
+    IAM_LOGIN_DISABLED,         /* 400 "Account suspended" */
+    IAM_LOGIN_BLOCKED,          /* brute-force guard: 429 */
+    IAM_LOGIN_BUSY,             /* password pool full: 429 with Retry-After */
+    IAM_LOGIN_ERROR,            /* kube or bus failure: 503 */
+} iam_login_result;
+
+/* Done callback of an asynchronous login; runs on a password-pool thread or
+ * on the caller's thread for answers known at once. */
+typedef void (*iam_login_fn)(iam_login_result result, const iam_identity *who, void *arg);
+
+/* Check a user name (or email) and password without blocking the caller:
+ * the user exists, is not Disabled, is not blocked by the guard, and the
+ * password verifies on the password pool. Records the attempt (guard.c).
+ * fn is called exactly once. */
+void iam_login(iam *s, const char *name_or_email, const char *password, const char *type,
+               const char *source_ip, const char *user_agent, iam_login_fn fn, void *arg);
+
+/* ---- revocation.c ---- */
+
+/* Revoke one token until it expires / every token of a user issued before
+ * a cutoff. Durable (KV bucket KS_REVOKED, TTL = the longest token
+ * lifetime) and published on ks.iam.revoked for the gateways. */
+ks_status iam_revoke_token(iam *s, const char *jti, int64_t exp_unix);
+ks_status iam_revoke_user(iam *s, const char *username, int64_t issued_before_unix);
+/* 1 if a token (jti, username, iat) is revoked. */
+int iam_is_revoked(iam *s, const char *jti, const char *username, int64_t iat);
+
+/* ---- guard.c ---- */
+
+/* 1 when username has reached the failure limit within the window. */
+int iam_guard_blocked(iam *s, const char *username);
+/* Write a LoginRecord (type "Token" or "BasicAuth", success, reason). */
+ks_status iam_guard_record(iam *s, const char *username, const char *type, int success,
+                           const char *reason, const char *source_ip, const char *user_agent);
+
+/* ---- consistency.c ---- */
+
+/* Wait (at most cfg->read_wait_ms) until the mirror holds resource/ns/name at
+ * resourceVersion rv (rv NULL: until the object is gone). KS_ERR_TIMEOUT if
+ * it did not arrive; the caller may then read through to kube-apiserver. */
+ks_status iam_wait_visible(iam *s, const char *resource, const char *ns, const char *name,
+                           const char *rv);
+
+/* Every part's start and stop; each returns KS_OK or a raised error. */
+ks_status iam_api_start(iam *s);
+ks_status iam_policy_start(iam *s);
+void iam_policy_stop(iam *s);
+ks_status iam_authz_start(iam *s);
+ks_status iam_authn_start(iam *s);
+ks_status iam_oauth_start(iam *s);
+ks_status iam_revocations_start(iam *s);
+void iam_revocations_stop(iam *s);
+ks_status iam_bootstrap(iam *s);
+
+#endif
