@@ -1,5 +1,6 @@
 /* bus.c: cnats behind ks_bus. See bus.h for the defects worked around here. */
 #include "bus.h"
+#include "bus_private.h"
 
 #include <nats/nats.h>
 #include <pthread.h>
@@ -22,24 +23,6 @@ struct ks_bus_sub {
     int released;   /* the owner gave the handle back */
     int completed;  /* cnats delivered its last callback */
     struct ks_bus_sub *next;
-};
-
-struct ks_bus {
-    natsConnection *nc;
-    natsOptions *opts;
-    jsCtx *js;
-    pthread_mutex_t mu;
-    pthread_cond_t cond;
-    int closed;             /* the closed callback fired */
-    int live_subs;          /* subscriptions whose completion is pending */
-    ks_bus_sub *subs;
-    ks_bus_state_fn on_state;
-    void *state_arg;
-    ks_bus_ack_fn on_ack;
-    void *ack_arg;
-    int64_t js_wait_ms;
-    atomic_int connected;
-    atomic_int closing;     /* ks_bus_destroy started: disconnects are expected */
 };
 
 struct ks_bus_kv {
@@ -189,6 +172,7 @@ ks_status ks_bus_connect(const ks_bus_opts *o, ks_bus **out)
     if (bus == NULL)
         return KS_FAIL(KS_ERR_NOMEM, "bus");
     pthread_mutex_init(&bus->mu, NULL);
+    pthread_mutex_init(&bus->async_mu, NULL);
     pthread_cond_init(&bus->cond, NULL);
     bus->on_state = o->on_state;
     bus->state_arg = o->state_arg;
@@ -290,6 +274,7 @@ void ks_bus_destroy(ks_bus *bus)
         if (!wait_until(bus, bus_quiet, BUS_CLOSE_WAIT_MS))
             ks_warn("nats: callbacks still running %d ms after close", BUS_CLOSE_WAIT_MS);
     }
+    bus_async_destroy(bus);
     for (s = bus->subs; s != NULL; s = next) {
         next = s->next;
         natsSubscription_Destroy(s->ns);
@@ -300,6 +285,7 @@ void ks_bus_destroy(ks_bus *bus)
     natsOptions_Destroy(bus->opts);
     pthread_cond_destroy(&bus->cond);
     pthread_mutex_destroy(&bus->mu);
+    pthread_mutex_destroy(&bus->async_mu);
     free(bus);
 }
 

@@ -92,6 +92,24 @@ ks_status ks_bus_publish(ks_bus *bus, const char *subject, const void *data, siz
 ks_status ks_bus_request(ks_bus *bus, const char *subject, const void *data, size_t len,
                          int timeout_ms, ks_bus_msg **reply) __attribute__((warn_unused_result));
 
+/* Result of an asynchronous request: st is KS_OK (reply set; the callback
+ * owns it and must ks_bus_msg_destroy it), KS_ERR_NO_RESPONDERS,
+ * KS_ERR_TIMEOUT or KS_ERR_CLOSED (reply NULL). Runs on the bus's reply or
+ * timer thread: keep it short, never block. */
+typedef void (*ks_bus_reply_fn)(ks_status st, ks_bus_msg *reply, void *arg);
+
+/* Send a request without waiting: cb is called exactly once, with the
+ * reply, or at the deadline (timeout_ms), or with KS_ERR_CLOSED when the bus
+ * is destroyed first. All requests of a bus share one reply subscription
+ * (_INBOX.<id>.*), so thousands may be in flight. On a non-OK return cb is
+ * never called. */
+ks_status ks_bus_request_async(ks_bus *bus, const char *subject, const void *data, size_t len,
+                               int timeout_ms, ks_bus_reply_fn cb, void *arg)
+    __attribute__((warn_unused_result));
+
+/* Requests sent with ks_bus_request_async still waiting for an answer. */
+size_t ks_bus_requests_in_flight(ks_bus *bus);
+
 /* Handler of a subscription. It owns msg and must ks_bus_msg_destroy() it
  * (possibly later, from another thread, e.g. after a batch commit). */
 typedef void (*ks_bus_handler)(ks_bus *bus, ks_bus_msg *msg, void *arg);
