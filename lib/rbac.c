@@ -1317,6 +1317,18 @@ ks_status ks_rbac_apply(ks_rbac *st, const char *kind, const json_t *obj)
         return KS_FAIL(KS_ERR_INVALID, "ks_rbac_apply: unknown kind %s", kind);
     if ((rc = meta_parse(obj, kind, k == K_NAMESPACE, &m)) != KS_OK)
         return rc;
+    if (!is_binding) {
+        /* A role template (label iam.kubesphere.io/role-template: "true",
+         * config/roles/) is copied into workspaces and namespaces by the
+         * controllers; the template itself never grants anything. */
+        const char *tpl = json_string_value(json_object_get(
+            json_object_get(json_object_get(obj, "metadata"), "labels"),
+            "iam.kubesphere.io/role-template"));
+        if (tpl != NULL && strcmp(tpl, "true") == 0) {
+            rc = ks_rbac_remove(st, kind, m.ns, m.name);
+            return rc == KS_ERR_NOT_FOUND ? KS_OK : rc;
+        }
+    }
     wr_lock(st);
     rc = is_binding ? apply_binding(st, k, obj, &m) : apply_role(st, k, obj, &m);
     if (rc == KS_OK)

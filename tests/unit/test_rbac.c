@@ -605,6 +605,34 @@ static void test_delete_binding(void **state)
     ks_rbac_destroy(st);
 }
 
+/* A WorkspaceRole labelled as a template (config/roles/workspaceroles.yaml)
+ * never grants, even when a binding names it. */
+static void test_role_template_grants_nothing(void **state)
+{
+    ks_rbac *st = fixture(FX_BASE);
+    const ks_rbac_request wsreq = WSP("ws1", "delete", "", "namespaces", NULL, "x");
+    json_t *tpl = json_loads(
+        "{\"kind\":\"WorkspaceRole\",\"metadata\":{\"name\":\"admin\",\"labels\":"
+        "{\"iam.kubesphere.io/role-template\":\"true\"}},\"rules\":[{\"verbs\":[\"*\"],"
+        "\"apiGroups\":[\"*\"],\"resources\":[\"*\"]}]}", 0, NULL);
+    json_t *bind = json_loads(
+        "{\"kind\":\"WorkspaceRoleBinding\",\"metadata\":{\"name\":\"mallory-admin\","
+        "\"labels\":{\"kubesphere.io/workspace\":\"ws1\"}},\"subjects\":[{\"kind\":\"User\","
+        "\"apiGroup\":\"rbac.authorization.k8s.io\",\"name\":\"mallory\"}],\"roleRef\":"
+        "{\"apiGroup\":\"iam.kubesphere.io\",\"kind\":\"WorkspaceRole\",\"name\":\"admin\"}}",
+        0, NULL);
+
+    (void)state;
+    assert_non_null(tpl);
+    assert_non_null(bind);
+    assert_int_equal(ks_rbac_apply(st, "WorkspaceRole", tpl), KS_OK);
+    assert_int_equal(ks_rbac_apply(st, "WorkspaceRoleBinding", bind), KS_OK);
+    assert_false(allowed(st, "mallory", &wsreq, NULL));
+    json_decref(tpl);
+    json_decref(bind);
+    ks_rbac_destroy(st);
+}
+
 static void test_delete_role(void **state)
 {
     ks_rbac *st = fixture(FX_BASE);
@@ -1176,6 +1204,7 @@ int main(void)
         cmocka_unit_test(test_table),
         cmocka_unit_test(test_delete_binding),
         cmocka_unit_test(test_delete_role),
+        cmocka_unit_test(test_role_template_grants_nothing),
         cmocka_unit_test(test_role_update),
         cmocka_unit_test(test_labels_and_groups),
         cmocka_unit_test(test_generation),
