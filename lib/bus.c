@@ -265,15 +265,7 @@ void ks_bus_destroy(ks_bus *bus)
 
     if (bus == NULL)
         return;
-    atomic_store(&bus->closing, 1);
-    if (bus->nc != NULL) {
-        natsConnection_Close(bus->nc);
-        /* nats.c issue 735: callbacks may still run after Close returns; keep
-         * everything they touch alive until the closed callback has fired and
-         * every subscription has delivered its last message. */
-        if (!wait_until(bus, bus_quiet, BUS_CLOSE_WAIT_MS))
-            ks_warn("nats: callbacks still running %d ms after close", BUS_CLOSE_WAIT_MS);
-    }
+    ks_bus_close(bus);
     bus_async_destroy(bus);
     for (s = bus->subs; s != NULL; s = next) {
         next = s->next;
@@ -287,6 +279,20 @@ void ks_bus_destroy(ks_bus *bus)
     pthread_mutex_destroy(&bus->mu);
     pthread_mutex_destroy(&bus->async_mu);
     free(bus);
+}
+
+void ks_bus_close(ks_bus *bus)
+{
+    if (bus == NULL || atomic_exchange(&bus->closing, 1))
+        return;
+    if (bus->nc != NULL) {
+        natsConnection_Close(bus->nc);
+        /* nats.c issue 735: callbacks may still run after Close returns; keep
+         * everything they touch alive until the closed callback has fired and
+         * every subscription has delivered its last message. */
+        if (!wait_until(bus, bus_quiet, BUS_CLOSE_WAIT_MS))
+            ks_warn("nats: callbacks still running %d ms after close", BUS_CLOSE_WAIT_MS);
+    }
 }
 
 int ks_bus_is_connected(ks_bus *bus)
@@ -306,6 +312,15 @@ ks_status ks_bus_publish(ks_bus *bus, const char *subject, const void *data, siz
     if (len > INT32_MAX)
         return KS_FAIL(KS_ERR_TOO_LARGE, "publish of %zu bytes", len);
     return from_nats(natsConnection_Publish(bus->nc, subject, data, (int)len), subject);
+}
+
+ks_status ks_bus_publish_reply(ks_bus *bus, const char *subject, const char *reply,
+                               const void *data, size_t len)
+{
+    if (len > INT32_MAX)
+        return KS_FAIL(KS_ERR_TOO_LARGE, "publish of %zu bytes", len);
+    return from_nats(natsConnection_PublishRequest(bus->nc, subject, reply, data, (int)len),
+                     subject);
 }
 
 ks_status ks_bus_request(ks_bus *bus, const char *subject, const void *data, size_t len,

@@ -76,6 +76,12 @@ ks_status ks_bus_connect(const ks_bus_opts *opts, ks_bus **out)
  * a no-op. Must not be called from a bus callback. */
 void ks_bus_destroy(ks_bus *bus);
 
+/* Close the connection now and wait (up to 5 s) for cnats's last callback,
+ * but free nothing: later calls fail at once with KS_ERR_CLOSED instead of
+ * waiting for a server that is away. For shutdown, before destroying the
+ * things that use the bus. Idempotent. */
+void ks_bus_close(ks_bus *bus);
+
 /* 1 while connected to a server. */
 int ks_bus_is_connected(ks_bus *bus);
 
@@ -85,6 +91,12 @@ ks_status ks_bus_flush(ks_bus *bus, int timeout_ms);
 /* ---- core NATS ---- */
 
 ks_status ks_bus_publish(ks_bus *bus, const char *subject, const void *data, size_t len);
+
+/* Publish with a reply subject: a request whose answers the caller gathers
+ * itself on a subscription of its own (several may answer, as on $SRV.INFO;
+ * the gateway's discovery scan does this). */
+ks_status ks_bus_publish_reply(ks_bus *bus, const char *subject, const char *reply,
+                               const void *data, size_t len);
 
 /* Request/reply with a deadline. On success *reply is the answer (caller
  * destroys it). KS_ERR_NO_RESPONDERS when nobody listens, KS_ERR_TIMEOUT when

@@ -149,6 +149,9 @@ void ks_service_stop(ks_service *svc)
     if (svc == NULL)
         return;
     ks_admin_stop(svc->admin);
+    /* Close NATS first: what follows must not wait for a server that is
+     * away (deleting a KV watch's consumer would). */
+    ks_bus_close(svc->bus);
     ks_mirror_cache_destroy(svc->mirror);
     ks_micro_destroy(svc->micro);
     ks_bus_destroy(svc->bus);
