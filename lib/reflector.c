@@ -329,6 +329,15 @@ static ks_status do_list(ks_reflector *r, long *retry_after_s)
             goto out;
         }
         body = json_loadb(resp.body ? resp.body : "", resp.body_len, 0, NULL);
+        if (body == NULL && resp.body_len > 0) {
+            /* jansson refuses integers beyond 64 bits, which kube-apiserver
+             * keeps in preserve-unknown-fields objects: read numbers as
+             * reals rather than lose the whole resource. */
+            body = json_loadb(resp.body, resp.body_len, JSON_DECODE_INT_AS_REAL, NULL);
+            if (body != NULL)
+                ks_warn("reflector %s: list holds integers beyond 64 bits; numbers read as reals",
+                        r->resource);
+        }
         ks_kube_response_clear(&resp);
         items = json_object_get(body, "items");
         if (!json_is_array(items)) {

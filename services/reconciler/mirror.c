@@ -262,6 +262,11 @@ static int resync_object(void *arg, const char *ns, const char *name, const char
     char key[KEY_MAX];
     const char *have;
 
+    /* A leader that lost the Lease mid-resync stops writing at once. */
+    if (!atomic_load(&rc->m->leading)) {
+        rc->st = KS_FAIL(KS_ERR_CLOSED, "no longer the leader");
+        return 1;
+    }
     if (object_key(rc->res, ns, name, key, sizeof(key)) != KS_OK)
         return 0;
     have = ks_strmap_get(rc->bucket, key);
