@@ -47,6 +47,9 @@ LIBKS := $(BUILD)/libkscore.a
 
 SERVICES := apigw iam audit reconciler
 SERVICE_BINS := $(foreach s,$(SERVICES),$(BUILD)/bin/kscore-$(s))
+# tools/<name>/*.c -> $(BUILD)/bin/kscore-<name> (command-line programs)
+TOOLS := $(notdir $(wildcard tools/*))
+TOOL_BINS := $(foreach t,$(TOOLS),$(BUILD)/bin/kscore-$(t))
 
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst %.c,$(BUILD)/%,$(UNIT_SRC))
@@ -61,7 +64,7 @@ BENCH_BINS := $(patsubst bench/%.c,$(BUILD)/bench/%,$(BENCH_SRC))
 # keep every intermediate (generated code, test objects)
 .SECONDARY:
 
-all: $(SERVICE_BINS)
+all: $(SERVICE_BINS) $(TOOL_BINS)
 
 help:
 	@echo "make deps        install system packages and build etcd, kube-apiserver, kubectl, nats CLI into .deps/"
@@ -107,6 +110,16 @@ $(BUILD)/bin/kscore-$(1): $$($(1)_OBJ) $(LIBKS)
 	$(Q)$$(CC) $(LDFLAGS_ALL) -o $$@ $$($(1)_OBJ) $(LIBKS) $(LIBS_ALL)
 endef
 $(foreach s,$(SERVICES),$(eval $(call service_rule,$(s))))
+
+define tool_rule
+tool_$(1)_SRC := $$(shell find tools/$(1) -name '*.c' 2>/dev/null)
+tool_$(1)_OBJ := $$(patsubst %.c,$(BUILD)/%.o,$$(tool_$(1)_SRC))
+$(BUILD)/bin/kscore-$(1): $$(tool_$(1)_OBJ) $(LIBKS)
+	$$(call say,LINK,$$@)
+	$(Q)mkdir -p $$(dir $$@)
+	$(Q)$$(CC) $(LDFLAGS_ALL) -o $$@ $$(tool_$(1)_OBJ) $(LIBKS) $(LIBS_ALL)
+endef
+$(foreach t,$(TOOLS),$(eval $(call tool_rule,$(t))))
 
 # ---- tests and benchmarks: one file, one binary ----
 # unit and integration binaries live apart: build/<variant>/tests/{unit,integration}/test_x
