@@ -689,6 +689,37 @@ void ks_reflector_each(ks_reflector *r,
     pthread_mutex_unlock(&r->mu);
 }
 
+ks_status ks_reflector_get(ks_reflector *r, const char *ns, const char *name, char **json,
+                           char **rv)
+{
+    char key[512];
+    store_item *it;
+    char *j = NULL, *v = NULL;
+    ks_status st = KS_OK;
+
+    store_key(ns ? ns : "", name, key, sizeof(key));
+    pthread_mutex_lock(&r->mu);
+    it = ks_strmap_get(r->store, key);
+    if (it == NULL) {
+        st = KS_FAIL(KS_ERR_NOT_FOUND, "%s %s not in the store", r->resource, key);
+    } else {
+        j = strdup(it->json);
+        v = rv ? strdup(it->rv) : NULL;
+        if (j == NULL || (rv && v == NULL))
+            st = KS_FAIL(KS_ERR_NOMEM, "copy of %s", key);
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (st) {
+        free(j);
+        free(v);
+        return st;
+    }
+    *json = j;
+    if (rv)
+        *rv = v;
+    return KS_OK;
+}
+
 size_t ks_reflector_size(ks_reflector *r)
 {
     size_t n;

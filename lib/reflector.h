@@ -88,6 +88,12 @@ void ks_reflector_each(ks_reflector *r,
                                  const char *rv, const char *json, size_t len),
                        void *arg);
 
+/* A copy of one object of the store: *json (compact JSON) and, if rv is not
+ * NULL, *rv are malloc'd; the caller frees them. KS_ERR_NOT_FOUND if the
+ * store has no such object. ns is "" for cluster-scoped objects. */
+ks_status ks_reflector_get(ks_reflector *r, const char *ns, const char *name, char **json,
+                           char **rv) __attribute__((warn_unused_result));
+
 /* Number of objects in the store. */
 size_t ks_reflector_size(ks_reflector *r);
 

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "controller.h"
 #include "leader.h"
 #include "log.h"
 #include "mirror.h"
@@ -21,6 +22,11 @@ typedef struct {
     char *bucket;
     long long bucket_replicas;
     int leader_elect;
+    long long bcrypt_cost;
+    long long login_max_failures;
+    long long login_window_ms;
+    long long loginrecord_retention_ms;
+    long long loginrecord_max_per_user;
 } reconciler_config;
 
 static const ks_config_opt reconciler_options[] = {
@@ -31,6 +37,17 @@ static const ks_config_opt reconciler_options[] = {
      "replicas of the mirror bucket when this replica creates it", 0},
     {"leader-elect", KS_CFG_BOOL, "true", 0, 0, NULL, offsetof(reconciler_config, leader_elect),
      "elect a leader through a Lease; false: this replica always writes", 0},
+    {"bcrypt-cost", KS_CFG_INT, "10", 4, 16, NULL, offsetof(reconciler_config, bcrypt_cost),
+     "bcrypt cost when the user controller hashes a plain-text password", 0},
+    {"login-max-failures", KS_CFG_INT, "5", 1, 1000, NULL,
+     offsetof(reconciler_config, login_max_failures),
+     "failed logins within the window that make a user AuthLimitExceeded (as iam)", 0},
+    {"login-window", KS_CFG_DURATION, "10m", 1000, 86400000LL, NULL,
+     offsetof(reconciler_config, login_window_ms), "window of the failure count (as iam)", 0},
+    {"loginrecord-retention", KS_CFG_DURATION, "168h", 60000, 86400000LL * 366, NULL,
+     offsetof(reconciler_config, loginrecord_retention_ms), "login records older than this are deleted", 0},
+    {"loginrecord-max-per-user", KS_CFG_INT, "100", 1, 100000, NULL,
+     offsetof(reconciler_config, loginrecord_max_per_user), "login records kept per user, newest first", 0},
 };
 
 typedef struct {
@@ -38,6 +55,7 @@ typedef struct {
     ks_kube_client *kube;
     rec_mirror *mirror;
     ks_leader *leader;          /* NULL with --leader-elect=false */
+    _Atomic(rec_runtime *) controllers;
     atomic_int resync_wanted;   /* a new leader's first job: resync everything */
     /* Held while the reflectors start: their threads call on_synced as soon
      * as their first list is in, possibly before reflectors[] and
@@ -164,18 +182,24 @@ static void on_started_leading(void *arg)
     rec_mirror_set_leader(r->mirror, 1);
     atomic_store(&r->resync_wanted, 1);
     wake_repair(r);
+    rec_runtime_start_leading(atomic_load(&r->controllers));
 }
 
 static void on_stopped_leading(void *arg)
 {
     reconciler *r = arg;
     rec_mirror_set_leader(r->mirror, 0);
+    rec_runtime_stop_leading(atomic_load(&r->controllers));
 }
 
 static void on_event(void *arg, const ks_reflector_resource *res, const ks_reflect_event *ev)
 {
     reconciler *r = arg;
+    rec_runtime *rt = atomic_load(&r->controllers);
+
     rec_mirror_on_event(r->mirror, res, ev);
+    if (rt != NULL)
+        rec_runtime_on_event(rt, res, ev);
 }
 
 static void reconciler_stop(void *state)
@@ -189,6 +213,7 @@ static void reconciler_stop(void *state)
     /* First hand the Lease over (writes stop before it is released). */
     ks_leader_stop(r->leader);
     r->leader = NULL;
+    rec_runtime_destroy(atomic_exchange(&r->controllers, NULL));
     if (r->repair_running) {
         pthread_mutex_lock(&r->repair_mu);
         r->stopping = 1;
@@ -250,6 +275,23 @@ static ks_status reconciler_start(ks_service *svc, void *cfgp, void **state)
         goto out;
     }
     r->repair_running = 1;
+    {
+        rec_settings rs = {
+            .bcrypt_cost = (int)cfg->bcrypt_cost,
+            .login_max_failures = (int)cfg->login_max_failures,
+            .login_window_ms = cfg->login_window_ms,
+            .loginrecord_retention_ms = cfg->loginrecord_retention_ms,
+            .loginrecord_max_per_user = (int)cfg->loginrecord_max_per_user,
+        };
+        rec_runtime *rt = NULL;
+        st = rec_runtime_create(r->kube, ks_service_bus(svc), &rs, rec_resources, r->reflectors,
+                                r->nreflectors, &rt);
+        if (st)
+            goto out;
+        atomic_store(&r->controllers, rt);
+    }
+    if (!cfg->leader_elect)
+        rec_runtime_start_leading(atomic_load(&r->controllers));
     if (cfg->leader_elect) {
         ks_leader_config lc;
         ks_leader_config_init(&lc);
