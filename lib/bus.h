@@ -280,7 +280,8 @@ typedef void (*ks_bus_kv_watch_fn)(const ks_bus_kv_entry *entry, void *arg);
  * key, then NULL, then every change. */
 ks_status ks_bus_kv_watch(ks_bus_kv *kv, const char *keys, ks_bus_kv_watch_fn fn, void *arg,
                           ks_bus_kv_watcher **out) __attribute__((warn_unused_result));
-/* Stop a watch and join its thread; fn is not called after this returns. */
+/* Stop a watch and join its thread; fn is not called after this returns.
+ * Takes up to 100 ms (the thread's poll interval). NULL is a no-op. */
 void ks_bus_kv_watch_stop(ks_bus_kv_watcher *w);
 
 #endif

@@ -309,6 +309,7 @@ ks_status rec_mirror_resync(rec_mirror *m, ks_reflector *r, const ks_reflector_r
     char prefix[KEY_MAX], group[512];
     bucket_scan bs = {0};
     ks_bus_kv_watcher *w = NULL;
+    int loaded = 0;
     resync_ctx rc = {0};
     delete_ctx dc = {0};
     struct timespec deadline;
@@ -345,9 +346,12 @@ ks_status rec_mirror_resync(rec_mirror *m, ks_reflector *r, const ks_reflector_r
     pthread_mutex_lock(&bs.mu);
     while (!bs.loaded && pthread_cond_timedwait(&bs.cond, &bs.mu, &deadline) == 0)
         ;
+    loaded = bs.loaded;
     pthread_mutex_unlock(&bs.mu);
-    ks_bus_kv_watch_stop(w);
-    if (!bs.loaded) {
+    /* Once loaded, scan_entry ignores further entries, so the watch may run
+     * on while we work; it is stopped after write_mu is released (stopping
+     * takes up to one 100 ms poll, which would hold up every writer). */
+    if (!loaded) {
         st = KS_FAIL(KS_ERR_TIMEOUT, "reading the mirror's %s keys", res->resource);
         goto out;
     }
@@ -372,6 +376,7 @@ ks_status rec_mirror_resync(rec_mirror *m, ks_reflector *r, const ks_reflector_r
     }
 out:
     pthread_mutex_unlock(&m->write_mu);
+    ks_bus_kv_watch_stop(w);
     ks_strmap_destroy(bs.bucket);
     pthread_cond_destroy(&bs.cond);
     pthread_mutex_destroy(&bs.mu);
