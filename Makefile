@@ -74,6 +74,7 @@ help:
 	@echo "make test        unit and integration tests against real servers"
 	@echo "make unit        unit tests only (no servers)"
 	@echo "make bench       benchmarks -> bench/REPORT.md"
+	@echo "make fuzz        libFuzzer targets for FUZZ_SECONDS (default 60; scripts/fuzz.sh)"
 	@echo "make valgrind    integration tests under valgrind"
 	@echo "SANITIZER=address,undefined  build or test a sanitized tree"
 
@@ -156,6 +157,11 @@ up: all
 
 down:
 	$(Q)scripts/run.sh stop
+
+FUZZ_SECONDS ?= 60
+fuzz:
+	$(Q)scripts/fuzz.sh $(FUZZ_SECONDS)
+.PHONY: fuzz
 
 clean:
 	rm -rf build
