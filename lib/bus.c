@@ -845,7 +845,10 @@ ks_status ks_bus_kv_open(ks_bus *bus, const ks_bus_kv_cfg *cfg, int create, ks_b
         kc.History = cfg->history > 0 ? cfg->history : 1;
         kc.Replicas = cfg->replicas > 0 ? cfg->replicas : 1;
         kc.MaxBytes = cfg->max_bytes > 0 ? cfg->max_bytes : -1;
-        kc.TTL = cfg->ttl_ms;
+        /* cnats copies TTL into the stream's MaxAge unconverted: nanoseconds
+         * (milliseconds here made every bucket with a TTL fail to create,
+         * its max age being below the 2 min duplicate window). */
+        kc.TTL = cfg->ttl_ms * 1000000LL;
         kc.StorageType = cfg->memory_storage ? js_MemoryStorage : js_FileStorage;
         ns = js_CreateKeyValue(&kv->kv, bus->js, &kc);
         if (ns != NATS_OK) /* another replica may have created it first */

@@ -677,6 +677,16 @@ static void apply_entry(ks_mirror_cache *c, const ks_bus_kv_entry *e)
     pthread_mutex_unlock(&c->cb_mu);
 }
 
+/* Record that every entry up to revision has been applied (after its
+ * handlers ran), for ks_mirror_cache_barrier. Entries outside the filter
+ * count too: the barrier compares with the whole bucket's last revision. */
+static void note_revision(ks_mirror_cache *c, uint64_t revision)
+{
+    uint64_t cur = atomic_load(&c->last_revision);
+    while (revision > cur && !atomic_compare_exchange_weak(&c->last_revision, &cur, revision))
+        ;
+}
+
 static void set_synced(ks_mirror_cache *c)
 {
     pthread_mutex_lock(&c->mu);
@@ -698,6 +708,7 @@ static void on_watch_entry(const ks_bus_kv_entry *entry, void *arg)
 
     if (entry != NULL) {
         apply_entry(c, entry);
+        note_revision(c, entry->revision);
         return;
     }
     pthread_mutex_lock(&c->mu);
@@ -718,12 +729,7 @@ void ks_mirror_cache_apply(ks_mirror_cache *cache, const ks_bus_kv_entry *entry)
         return;
     }
     apply_entry(cache, entry);
-    {
-        uint64_t cur = atomic_load(&cache->last_revision);
-        while (entry->revision > cur &&
-               !atomic_compare_exchange_weak(&cache->last_revision, &cur, entry->revision))
-            ;
-    }
+    note_revision(cache, entry->revision);
 }
 
 uint64_t ks_mirror_cache_revision(ks_mirror_cache *cache)
