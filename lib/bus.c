@@ -31,6 +31,7 @@ struct ks_bus_kv {
 };
 
 struct ks_bus_kv_watcher {
+    ks_bus *bus;
     kvWatcher *w;
     pthread_t thread;
     ks_bus_kv_watch_fn fn;
@@ -978,7 +979,7 @@ static void *kv_watch_thread(void *arg)
         if (ns != NATS_OK) {
             /* The connection closed under the watch: say so, a reader that
              * stops following the bucket must not be silent. */
-            if (!atomic_load(&w->stop)) {
+            if (!atomic_load(&w->stop) && !atomic_load(&w->bus->closing)) {
                 ks_metric_inc(ks_metrics_counter("ks_bus_kv_watch_ended_total",
                                                  "KV watches that ended on an error", NULL));
                 ks_error("nats: kv watch ended: %s", natsStatus_GetText(ns));
@@ -1025,6 +1026,7 @@ ks_status ks_bus_kv_watch(ks_bus_kv *kv, const char *keys, ks_bus_kv_watch_fn fn
     w = calloc(1, sizeof(*w));
     if (w == NULL)
         return KS_FAIL(KS_ERR_NOMEM, "kv watch");
+    w->bus = kv->bus;
     w->fn = fn;
     w->arg = arg;
     ns = kvStore_Watch(&w->w, kv->kv, keys, NULL);

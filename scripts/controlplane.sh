@@ -170,6 +170,8 @@ start_nats() {
 server_name: kscore-${PORT[nats]}
 listen: 127.0.0.1:${PORT[nats]}
 http: 127.0.0.1:${PORT[nats_monitor]}
+# An ApiRequest carries a body of up to 1 MiB plus its envelope.
+max_payload: 4MB
 jetstream {
     store_dir: "$DIR/nats"
 }
