@@ -114,7 +114,8 @@ typedef void (*ks_bus_reply_fn)(ks_status st, ks_bus_msg *reply, void *arg);
  * reply, or at the deadline (timeout_ms), or with KS_ERR_CLOSED when the bus
  * is destroyed first. All requests of a bus share one reply subscription
  * (_INBOX.<id>.*), so thousands may be in flight. On a non-OK return cb is
- * never called. */
+ * never called: KS_ERR_TOO_LARGE above the server's max_payload,
+ * KS_ERR_CLOSED or KS_ERR_UNAVAILABLE when it cannot be sent. */
 ks_status ks_bus_request_async(ks_bus *bus, const char *subject, const void *data, size_t len,
                                int timeout_ms, ks_bus_reply_fn cb, void *arg)
     __attribute__((warn_unused_result));

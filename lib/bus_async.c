@@ -207,6 +207,8 @@ ks_status ks_bus_request_async(ks_bus *bus, const char *subject, const void *dat
         if (p == NULL)
             return KS_OK; /* the timer already called back */
         free(p);
+        if (ns == NATS_MAX_PAYLOAD)
+            return KS_FAIL(KS_ERR_TOO_LARGE, "%s: payload over the server's limit", subject);
         return KS_FAIL(ns == NATS_CONNECTION_CLOSED ? KS_ERR_CLOSED : KS_ERR_UNAVAILABLE,
                        "%s: %s", subject, natsStatus_GetText(ns));
     }

@@ -197,6 +197,8 @@ int ks_service_main(const ks_service_def *def, int argc, char **argv)
     started = 1;
     ks_service_wait(svc);
     rc = 0;
+    if (def->drain != NULL)
+        def->drain(state);
     /* Stop serving first: closing NATS ends every subscription once its
      * handler in flight has returned, so the service's own parts are torn
      * down with no request still using them. */

@@ -106,7 +106,11 @@ typedef struct {
     ks_service_common *common;       /* its `common` member */
     /* Start the service's own parts; *state is passed to stop. Optional. */
     ks_status (*start)(ks_service *svc, void *cfg, void **state);
-    void (*stop)(void *state);       /* optional; called before the runtime stops */
+    /* Optional: stop taking new work and let work in flight finish, while
+     * NATS is still up (the gateway's HTTP listener). Called first on
+     * SIGINT/SIGTERM, before NATS closes. */
+    void (*drain)(void *state);
+    void (*stop)(void *state);       /* optional; called after NATS closed */
 } ks_service_def;
 
 /* The whole main(): signals, config (exit 2 on a bad setting, 0 after --help
