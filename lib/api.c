@@ -178,14 +178,30 @@ int ks_api_query(const ks_api_call *call, const char *key, char *out, size_t cap
     return 0;
 }
 
+static int media_type_is(const char *ct, const char *want)
+{
+    size_t n = strlen(want);
+
+    while (*ct == ' ')
+        ct++;
+    if (strncasecmp(ct, want, n) != 0)
+        return 0;
+    ct += n;
+    while (*ct == ' ')
+        ct++;
+    return *ct == '\0' || *ct == ';';
+}
+
 json_t *ks_api_body_object(ks_api_call *call, ks_api_response *resp)
 {
     const char *ct = ks_api_header(call, "Content-Type");
     json_error_t err;
     json_t *o;
 
-    if (ct != NULL && strncasecmp(ct, "application/json", 16) != 0 &&
-        strncasecmp(ct, "application/merge-patch+json", 28) != 0) {
+    /* The media type must be exactly JSON or merge-patch JSON (parameters
+     * such as "; charset=utf-8" may follow); json-patch+json is not JSON. */
+    if (ct != NULL && !media_type_is(ct, "application/json") &&
+        !media_type_is(ct, "application/merge-patch+json")) {
         ks_api_status(resp, 415, "UnsupportedMediaType",
                       "the body must be application/json, not %.100s", ct);
         return NULL;

@@ -81,6 +81,31 @@ ks_status iam_api_add_routes(const ks_api_route *routes, size_t n);
  * is a new reference (json_decref). KS_ERR_NOT_FOUND if none. */
 ks_status iam_user_find(iam *s, const char *name_or_email, json_t **user);
 
+/* Register the users routes (iam_api_add_routes); called by iam_authn_start,
+ * as main.c has no hook of its own for users.c. */
+ks_status iam_users_start(iam *s);
+
+/* A deep copy of a User (or a list item) without spec.password: the only
+ * form in which a User leaves iam. NULL on NOMEM. */
+json_t *iam_user_public(const json_t *user);
+
+/* User.status.state ("" when unset); the user's spec.groups into groups
+ * (at most cap, pointers into user); returns the count. */
+const char *iam_user_state(const json_t *user);
+size_t iam_user_groups(const json_t *user, const char **groups, size_t cap);
+
+/* 1 when the Content-Type ct is exactly the media type mt (case-insensitive,
+ * parameters after ';' allowed): "application/json-patch+json" is not
+ * "application/json". */
+int iam_media_type_is(const char *ct, const char *mt);
+
+/* Clocks and RFC 3339 times ("2024-05-01T10:00:00Z", UTC, seconds). */
+int64_t iam_now_unix(void);
+int64_t iam_now_ms(void);
+void iam_time_format(int64_t unix_s, char out[32]);
+/* KS_ERR_INVALID unless s is RFC 3339 (fractions and offsets accepted). */
+ks_status iam_time_parse(const char *s, int64_t *unix_s);
+
 /* ---- authn.c ---- */
 
 typedef struct {
@@ -119,14 +144,33 @@ ks_status iam_revoke_token(iam *s, const char *jti, int64_t exp_unix);
 ks_status iam_revoke_user(iam *s, const char *username, int64_t issued_before_unix);
 /* 1 if a token (jti, username, iat) is revoked. */
 int iam_is_revoked(iam *s, const char *jti, const char *username, int64_t iat);
+/* Revoke one token only if nobody revoked it before, atomically across
+ * replicas (a KV create): the single use of a refresh token. KS_OK,
+ * KS_ERR_CONFLICT (already revoked), KS_ERR_UNAVAILABLE (bucket away). */
+ks_status iam_revoke_token_once(iam *s, const char *jti, int64_t exp_unix);
+/* 1 once the revocations stored in KS_REVOKED are loaded (waits at most
+ * wait_ms): before that a token check cannot be trusted. */
+int iam_revocations_loaded(iam *s, int wait_ms);
+/* The earliest iat a new token of username may carry: a user revocation's
+ * cutoff is "now + 1 s", so a token issued in the same second as a
+ * password change is not caught by it (0 when no revocation). */
+int64_t iam_revocation_floor(iam *s, const char *username);
 
 /* ---- guard.c ---- */
 
 /* 1 when username has reached the failure limit within the window. */
 int iam_guard_blocked(iam *s, const char *username);
-/* Write a LoginRecord (type "Token" or "BasicAuth", success, reason). */
+/* Queue a LoginRecord (type "Token" or "BasicAuth", success, reason) for
+ * the writer thread; a failure is also counted at once and announced to the
+ * other replicas (ks.iam.loginfailures). KS_ERR_UNAVAILABLE when the queue
+ * is full or the writer stopped (logged and counted). */
 ks_status iam_guard_record(iam *s, const char *username, const char *type, int success,
                            const char *reason, const char *source_ip, const char *user_agent);
+/* The writer thread and the ks.iam.loginfailures subscription. Started by
+ * iam_authn_start; stopped by iam_revocations_stop (main.c calls it while
+ * the kube client still works), which flushes the queue for at most 1.5 s. */
+ks_status iam_guard_start(iam *s);
+void iam_guard_stop(iam *s);
 
 /* ---- consistency.c ---- */
 
@@ -146,5 +190,7 @@ ks_status iam_oauth_start(iam *s);
 ks_status iam_revocations_start(iam *s);
 void iam_revocations_stop(iam *s);
 ks_status iam_bootstrap(iam *s);
+/* Join the bootstrap thread (called by iam_revocations_stop). */
+void iam_bootstrap_stop(iam *s);
 
 #endif

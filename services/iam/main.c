@@ -38,18 +38,7 @@ static const ks_config_opt iam_options[] = {
 
 static iam state;
 
-/* TEMPORARY while the parts land in parallel (removed once all exist): a
- * part that is not linked yet is skipped. */
-#pragma weak iam_policy_start
-#pragma weak iam_policy_stop
-#pragma weak iam_authz_start
-#pragma weak iam_authn_start
-#pragma weak iam_oauth_start
-#pragma weak iam_revocations_start
-#pragma weak iam_revocations_stop
-#pragma weak iam_bootstrap
 
-#define IAM_PART(fn, s) ((fn) != NULL ? (fn)(s) : KS_OK)
 
 /* The HMAC secret: the file's bytes, trailing newlines dropped. */
 static ks_status load_secret(const char *path, ks_jwt_key **out)
@@ -83,10 +72,8 @@ static void iam_stop(void *arg)
 
     if (s == NULL)
         return;
-    if (iam_policy_stop != NULL)
-        iam_policy_stop(s);
-    if (iam_revocations_stop != NULL)
-        iam_revocations_stop(s);
+    iam_policy_stop(s);
+    iam_revocations_stop(s);
     ks_password_pool_destroy(s->passwords);
     s->passwords = NULL;
     ks_kube_client_shutdown(s->kube);
@@ -122,10 +109,9 @@ static ks_status iam_start(ks_service *svc, void *cfgp, void **out)
         goto out;
     /* Parts register their routes and subscriptions; the API starts last so
      * every route is in place before the first request. */
-    if ((st = IAM_PART(iam_revocations_start, s)) || (st = IAM_PART(iam_policy_start, s)) ||
-        (st = IAM_PART(iam_authz_start, s)) || (st = IAM_PART(iam_authn_start, s)) ||
-        (st = IAM_PART(iam_oauth_start, s)) || (st = iam_api_start(s)) ||
-        (st = IAM_PART(iam_bootstrap, s)))
+    if ((st = iam_revocations_start(s)) || (st = iam_policy_start(s)) ||
+        (st = iam_authz_start(s)) || (st = iam_authn_start(s)) || (st = iam_oauth_start(s)) ||
+        (st = iam_api_start(s)) || (st = iam_bootstrap(s)))
         goto out;
     *out = s;
 out:
