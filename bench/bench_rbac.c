@@ -43,6 +43,9 @@
 #include <unistd.h>
 
 #include "rbac.h"
+#include "bus.h"
+#include "codec.h"
+#include "kscore/v1/iam.pb-c.h"
 
 #define NUSERS 10000
 #define NWS 500
@@ -585,6 +588,199 @@ static double threaded(ks_rbac *st, int nthreads, bool with_writer, double secon
     return (double)total / ((double)(now_ns() - t0) / 1e9);
 }
 
+/* ---- over NATS ----
+ * The same decisions as AuthzRequest/AuthzResponse round trips through
+ * nats-server (KS_NATS_URL): a responder in this process unpacks the
+ * request, decides on the same store and packs the answer, as iam's
+ * ks.iam.authz handler does; the client keeps IN_FLIGHT requests in flight
+ * with ks_bus_request_async. */
+#define IN_FLIGHT 64
+#define NATS_SUBJECT "bench.rbac.authz"
+
+static ks_rbac *nats_store;
+
+static void nats_responder(ks_bus *bus, ks_bus_msg *msg, void *arg)
+{
+    Kscore__V1__AuthzRequest *in = NULL;
+    Kscore__V1__AuthzResponse out = KSCORE__V1__AUTHZ_RESPONSE__INIT;
+    uint8_t buf[1024];
+    size_t len;
+
+    (void)arg;
+    if (KS_UNPACK(kscore__v1__authz_request, ks_bus_msg_data(msg), ks_bus_msg_len(msg), &in) ==
+            KS_OK &&
+        in->user != NULL && in->info != NULL) {
+        ks_rbac_user u = {.name = in->user->username,
+                          .groups = (const char **)in->user->groups,
+                          .ngroups = in->user->n_groups};
+        ks_rbac_request r = {
+            .is_resource_request = in->info->is_resource_request,
+            .verb = in->info->verb,
+            .api_group = in->info->api_group,
+            .resource = in->info->resource,
+            .subresource = in->info->subresource[0] ? in->info->subresource : NULL,
+            .name = in->info->name[0] ? in->info->name : NULL,
+            .namespace = in->info->namespace_[0] ? in->info->namespace_ : NULL,
+            .workspace = in->info->workspace[0] ? in->info->workspace : NULL,
+            .path = in->info->path[0] ? in->info->path : NULL,
+        };
+        ks_rbac_decision d;
+        if (ks_rbac_scope_parse(in->info->resource_scope, &r.scope) == KS_OK &&
+            ks_rbac_decide(nats_store, &u, &r, &d) == KS_OK)
+            out.decision = d.allowed ? KSCORE__V1__AUTHZ_RESPONSE__DECISION__DECISION_ALLOW
+                                     : KSCORE__V1__AUTHZ_RESPONSE__DECISION__DECISION_DENY;
+    }
+    len = protobuf_c_message_get_packed_size(&out.base);
+    if (len <= sizeof(buf) && protobuf_c_message_pack(&out.base, buf) == len)
+        (void)ks_bus_respond(bus, msg, buf, len);
+    ks_codec_free(in ? &in->base : NULL);
+    ks_bus_msg_destroy(msg);
+}
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    int in_flight;
+    long done, errors, allowed;
+    double *lat_us;
+    size_t nlat, cap;
+} nats_tally;
+
+typedef struct {
+    nats_tally *t;
+    int64_t t0;
+} nats_req;
+
+static void nats_on_reply(ks_status st, ks_bus_msg *reply, void *arg)
+{
+    nats_req *nr = arg;
+    nats_tally *t = nr->t;
+    double us = (double)(now_ns() - nr->t0) / 1000.0;
+    Kscore__V1__AuthzResponse *resp = NULL;
+    int allow = 0;
+
+    if (st == KS_OK && KS_UNPACK(kscore__v1__authz_response, ks_bus_msg_data(reply),
+                                 ks_bus_msg_len(reply), &resp) == KS_OK) {
+        allow = resp->decision == KSCORE__V1__AUTHZ_RESPONSE__DECISION__DECISION_ALLOW;
+        ks_codec_free(&resp->base);
+    }
+    ks_bus_msg_destroy(reply);
+    pthread_mutex_lock(&t->mu);
+    if (st != KS_OK)
+        t->errors++;
+    t->allowed += allow;
+    t->done++;
+    if (t->nlat < t->cap)
+        t->lat_us[t->nlat++] = us;
+    t->in_flight--;
+    pthread_cond_signal(&t->cond);
+    pthread_mutex_unlock(&t->mu);
+    free(nr);
+}
+
+static int pack_request(const breq *b, uint8_t **out, size_t *len)
+{
+    Kscore__V1__AuthzRequest req = KSCORE__V1__AUTHZ_REQUEST__INIT;
+    Kscore__V1__UserInfo user = KSCORE__V1__USER_INFO__INIT;
+    Kscore__V1__RequestInfo info = KSCORE__V1__REQUEST_INFO__INIT;
+    const char *scope = b->req.scope == KS_RBAC_SCOPE_NAMESPACE   ? "Namespace"
+                        : b->req.scope == KS_RBAC_SCOPE_WORKSPACE ? "Workspace"
+                                                                  : "Global";
+
+    user.username = (char *)b->user.name;
+    user.groups = (char **)b->user.groups;
+    user.n_groups = b->user.ngroups;
+    info.is_resource_request = b->req.is_resource_request;
+    info.verb = (char *)b->req.verb;
+    info.api_group = (char *)(b->req.api_group ? b->req.api_group : "");
+    info.resource = (char *)(b->req.resource ? b->req.resource : "");
+    info.name = (char *)(b->req.name ? b->req.name : "");
+    info.namespace_ = (char *)(b->req.namespace ? b->req.namespace : "");
+    info.workspace = (char *)(b->req.workspace ? b->req.workspace : "");
+    info.path = (char *)(b->req.path ? b->req.path : "");
+    info.resource_scope = (char *)scope;
+    req.user = &user;
+    req.info = &info;
+    return ks_codec_pack(&req.base, out, len) == KS_OK ? 0 : -1;
+}
+
+static void over_nats(ks_rbac *st, double seconds)
+{
+    const char *url = getenv("KS_NATS_URL");
+    ks_bus_opts o = {.url = url, .name = "bench-rbac", .wait_connected = 1};
+    ks_bus *client = NULL, *server = NULL;
+    ks_bus_sub *subs[2] = {0};
+    nats_tally t = {.mu = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+    int64_t t0, end;
+    long sent = 0;
+
+    if (url == NULL) {
+        printf("\nOver NATS: skipped (KS_NATS_URL unset; `make bench` sets it).\n");
+        return;
+    }
+    nats_store = st;
+    if (ks_bus_connect(&o, &client) || ks_bus_connect(&o, &server)) {
+        printf("\nOver NATS: cannot connect to %s\n", url);
+        goto out;
+    }
+    /* two delivery threads, as iam runs ks.iam.authz */
+    for (int i = 0; i < 2; i++)
+        if (ks_bus_subscribe(server, NATS_SUBJECT, "authz", nats_responder, NULL, &subs[i]))
+            goto out;
+    if (ks_bus_flush(server, 2000))
+        goto out;
+    t.cap = 4000000;
+    t.lat_us = malloc(t.cap * sizeof(double));
+    if (t.lat_us == NULL)
+        goto out;
+    t0 = now_ns();
+    end = t0 + (int64_t)(seconds * 1e9);
+    while (now_ns() < end) {
+        const breq *b = &reqs[sent % NREQ];
+        uint8_t *buf;
+        size_t len;
+        nats_req *nr;
+
+        pthread_mutex_lock(&t.mu);
+        while (t.in_flight >= IN_FLIGHT)
+            pthread_cond_wait(&t.cond, &t.mu);
+        t.in_flight++;
+        pthread_mutex_unlock(&t.mu);
+        nr = malloc(sizeof(*nr));
+        if (nr == NULL || pack_request(b, &buf, &len) != 0)
+            goto out;
+        nr->t = &t;
+        nr->t0 = now_ns();
+        if (ks_bus_request_async(client, NATS_SUBJECT, buf, len, 5000, nats_on_reply, nr) != KS_OK) {
+            free(nr);
+            pthread_mutex_lock(&t.mu);
+            t.in_flight--;
+            t.errors++;
+            pthread_mutex_unlock(&t.mu);
+        }
+        free(buf);
+        sent++;
+    }
+    pthread_mutex_lock(&t.mu);
+    while (t.in_flight > 0)
+        pthread_cond_wait(&t.cond, &t.mu);
+    pthread_mutex_unlock(&t.mu);
+    {
+        double secs = (double)(now_ns() - t0) / 1e9;
+        printf("\nOver NATS (%d in flight, responder unpacks, decides on the same store, packs): "
+               "%ld decisions in %.2f s = %.0f decisions/s; round trip p50 %.0f us, p99 %.0f us; "
+               "%ld errors, %.0f%% allowed.\n",
+               IN_FLIGHT, t.done, secs, (double)t.done / secs, pct(t.lat_us, t.nlat, 0.50),
+               pct(t.lat_us, t.nlat, 0.99), t.errors, t.done ? 100.0 * (double)t.allowed / (double)t.done : 0.0);
+    }
+out:
+    for (int i = 0; i < 2; i++)
+        ks_bus_unsubscribe(subs[i]);
+    ks_bus_destroy(client);
+    ks_bus_destroy(server);
+    free(t.lat_us);
+}
+
 int main(void)
 {
     double seconds = 2.0;
@@ -775,6 +971,8 @@ int main(void)
         if (fc >= 0)
             close(fc);
     }
+
+    over_nats(st, seconds);
 
     printf("\nTargets (IAM issue): median in-process decision <= 2 us: %s; data set <= 200 MB: "
            "%s.\n",
