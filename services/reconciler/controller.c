@@ -13,7 +13,7 @@
 #include "metrics.h"
 #include "uuid.h"
 
-#define REC_MAX_CONTROLLERS 16
+#define REC_MAX_CONTROLLERS 64
 #define REC_MAX_RESOURCES 32
 
 typedef struct {
@@ -371,7 +371,13 @@ ks_status rec_runtime_create(ks_kube_client *kube, ks_bus *bus, const rec_settin
                  resources[i].resource);
     }
     rt->nres = n;
-    for (const rec_controller *const *c = rec_controllers; *c && rt->nctl < REC_MAX_CONTROLLERS; c++) {
+    for (const rec_controller *const *c = rec_controllers; *c; c++) {
+        if (rt->nctl == REC_MAX_CONTROLLERS) {
+            pthread_rwlock_destroy(&rt->lock);
+            free(rt);
+            return KS_FAIL(KS_ERR_TOO_LARGE, "more than %d controllers", REC_MAX_CONTROLLERS);
+        }
+        {
         ctl_slot *s = &rt->ctls[rt->nctl++];
         char labels[128] = "";
         s->c = *c;
@@ -380,6 +386,7 @@ ks_status rec_runtime_create(ks_kube_client *kube, ks_bus *bus, const rec_settin
         s->m_reconciles = ks_metrics_counter("ks_controller_reconciles_total", "reconciles run", labels);
         s->m_errors = ks_metrics_counter("ks_controller_errors_total", "reconciles that failed and retry", labels);
         s->m_writes = ks_metrics_counter("ks_controller_writes_total", "writes to kube-apiserver", labels);
+        }
     }
     *out = rt;
     return KS_OK;
