@@ -61,6 +61,8 @@ wait_for nats-server 15 --pid "$NATS_PID" --log "$DIR/nats.log" -- \
     curl -sf --max-time 1 "http://127.0.0.1:$MPORT/healthz?js-enabled-only=true" ||
     die "nats-server did not start"
 export KS_NATS_URL="nats://127.0.0.1:$PORT"
+export KS_BENCH_NATS_PID="$NATS_PID"   # bench_gateway accounts its CPU...
+export KS_NATS_MONITOR_URL="http://127.0.0.1:$MPORT"   # ...and its messages
 log_info "nats-server $KS_NATS_URL (pid $NATS_PID, store $DIR/js)"
 
 rc=0

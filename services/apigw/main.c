@@ -4,6 +4,7 @@
 
 #include "gw.h"
 #include "log.h"
+#include "proxy.h"
 
 static gw_config cfg;
 static gw gateway;
@@ -38,8 +39,10 @@ static const ks_config_opt apigw_options[] = {
  * finish, then a 503 (gw_server_stop drains). */
 static void apigw_drain(void *arg)
 {
-    if (arg != NULL)
+    if (arg != NULL) {
+        gw_proxy_drain(arg); /* first: it ends the streams libmicrohttpd cannot stop with */
         gw_server_stop(arg);
+    }
 }
 
 static void apigw_stop(void *arg)
@@ -48,7 +51,9 @@ static void apigw_stop(void *arg)
 
     if (g == NULL)
         return;
+    gw_proxy_drain(g);
     gw_server_stop(g); /* a no-op after apigw_drain */
+    gw_proxy_stop(g);
     gw_dispatch_stop(g);
     gw_authz_stop(g);
     gw_authn_stop(g);
@@ -63,7 +68,7 @@ static ks_status apigw_start(ks_service *svc, void *cfgp, void **out)
     g->svc = svc;
     g->bus = ks_service_bus(svc);
     if ((st = gw_authn_start(g)) || (st = gw_authz_start(g)) || (st = gw_dispatch_start(g)) ||
-        (st = gw_server_start(g))) {
+        (st = gw_proxy_start(g)) || (st = gw_server_start(g))) {
         apigw_stop(g);
         return st;
     }
