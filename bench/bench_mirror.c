@@ -408,7 +408,8 @@ static int free_port(void)
 static pid_t reconciler_spawn(const char *exe, int admin_port, const char *logpath)
 {
     char admin[64], bucket[64] = "--mirror-bucket=" BUCKET;
-    char *argv[] = {(char *)exe, "--leader-elect=false", bucket, admin, "--log-level=warn", NULL};
+    char *argv[] = {(char *)exe, "--leader-elect=false", "--controllers=false", bucket, admin,
+                    "--log-level=warn", NULL};
     pid_t parent = getpid(), pid;
     int fd;
 

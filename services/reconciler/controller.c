@@ -121,6 +121,12 @@ void rec_each(rec_runtime *rt, const char *resource, int (*fn)(const json_t *obj
     free(l.jsons);
 }
 
+int rec_synced(rec_runtime *rt, const char *resource)
+{
+    int i = res_index(rt, resource);
+    return i >= 0 && ks_reflector_has_synced(rt->reflectors[i]);
+}
+
 ks_kube_client *rec_kube(rec_runtime *rt)
 {
     return rt->kube;
@@ -267,6 +273,8 @@ static int enqueue_object(void *arg, const char *ns, const char *name, const cha
 
 void rec_runtime_start_leading(rec_runtime *rt)
 {
+    if (rt == NULL)
+        return;
     pthread_rwlock_wrlock(&rt->lock);
     if (rt->leading) {
         pthread_rwlock_unlock(&rt->lock);
@@ -305,6 +313,8 @@ void rec_runtime_stop_leading(rec_runtime *rt)
 {
     ks_workqueue *qs[REC_MAX_CONTROLLERS] = {0};
 
+    if (rt == NULL)
+        return;
     pthread_rwlock_wrlock(&rt->lock);
     if (!rt->leading) {
         pthread_rwlock_unlock(&rt->lock);

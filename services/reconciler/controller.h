@@ -61,6 +61,14 @@ ks_status rec_get(rec_runtime *rt, const char *resource, const char *ns, const c
 void rec_each(rec_runtime *rt, const char *resource, int (*fn)(const json_t *obj, void *arg),
               void *arg);
 
+/* 1 once the reflector of resource has completed its first list, so its
+ * store holds every object (as of then; later changes follow); 0 before,
+ * and for a resource that is not watched. A new leader queues its keys as
+ * soon as it leads, possibly before every reflector has listed: a
+ * controller that decides from another resource's store ("no binding names
+ * this user", "the group does not exist") asks first and requeues. */
+int rec_synced(rec_runtime *rt, const char *resource);
+
 ks_kube_client *rec_kube(rec_runtime *rt);
 ks_bus *rec_bus(rec_runtime *rt);
 const rec_settings *rec_config(rec_runtime *rt);

@@ -27,6 +27,7 @@ typedef struct {
     long long login_window_ms;
     long long loginrecord_retention_ms;
     long long loginrecord_max_per_user;
+    int controllers;
 } reconciler_config;
 
 static const ks_config_opt reconciler_options[] = {
@@ -46,6 +47,8 @@ static const ks_config_opt reconciler_options[] = {
      offsetof(reconciler_config, login_window_ms), "window of the failure count (as iam)", 0},
     {"loginrecord-retention", KS_CFG_DURATION, "168h", 60000, 86400000LL * 366, NULL,
      offsetof(reconciler_config, loginrecord_retention_ms), "login records older than this are deleted", 0},
+    {"controllers", KS_CFG_BOOL, "true", 0, 0, NULL, offsetof(reconciler_config, controllers),
+     "run the controllers while leading; false: mirror only (benchmarks)", 0},
     {"loginrecord-max-per-user", KS_CFG_INT, "100", 1, 100000, NULL,
      offsetof(reconciler_config, loginrecord_max_per_user), "login records kept per user, newest first", 0},
 };
@@ -284,12 +287,15 @@ static ks_status reconciler_start(ks_service *svc, void *cfgp, void **state)
             .loginrecord_max_per_user = (int)cfg->loginrecord_max_per_user,
         };
         rec_runtime *rt = NULL;
+        if (!cfg->controllers)
+            goto no_controllers;
         st = rec_runtime_create(r->kube, ks_service_bus(svc), &rs, rec_resources, r->reflectors,
                                 r->nreflectors, &rt);
         if (st)
             goto out;
         atomic_store(&r->controllers, rt);
     }
+no_controllers:
     if (!cfg->leader_elect)
         rec_runtime_start_leading(atomic_load(&r->controllers));
     if (cfg->leader_elect) {
