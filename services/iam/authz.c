@@ -231,7 +231,7 @@ ks_status iam_authz_start(iam *s)
     m_deny = ks_metrics_counter("ks_iam_authz_decisions_total", NULL, "decision=\"deny\"");
     m_error = ks_metrics_counter("ks_iam_authz_decisions_total", NULL, "decision=\"error\"");
     for (int i = 0; i < AUTHZ_ENDPOINTS; i++) {
-        char name[16];
+        char name[32];
         snprintf(name, sizeof(name), "authz-%d", i);
         st = ks_micro_add_endpoint(ks_service_micro(s->svc), name, AUTHZ_SUBJECT, AUTHZ_QUEUE,
                                    on_authz, s);
