@@ -420,7 +420,7 @@ meta_ok() {
         json_check "$TMP/info-$1.json" "d.get('metadata', {}).get('ks.api.groups') == '$2'"
 }
 check "iam: \$SRV.INFO metadata ks.api.groups" meta_ok iam iam.kubesphere.io/v1beta1
-check "audit: \$SRV.INFO metadata ks.api.groups" meta_ok audit tenant.kubesphere.io/v1alpha2/auditing
+check "audit: \$SRV.INFO metadata ks.api.groups" meta_ok audit tenant.kubesphere.io/v1alpha2/auditing,auditing.kubesphere.io/v1alpha1
 
 # ---- stop: SIGTERM each ----
 
