@@ -657,3 +657,21 @@ void ck_cache_bump(ck_cache *c)
     c->gen++;
     pthread_mutex_unlock(&c->mu);
 }
+
+void ck_problem_add(ck_problem *p, const char *reason, int retry, const char *fmt, ...)
+{
+    va_list ap;
+    size_t n = strlen(p->msg);
+
+    if (p->reason == NULL)
+        p->reason = reason;
+    p->retry |= retry;
+    if (n > 0 && n < sizeof(p->msg) - 2) {
+        memcpy(p->msg + n, "; ", 3);
+        n += 2;
+    }
+    va_start(ap, fmt);
+    if (n < sizeof(p->msg))
+        vsnprintf(p->msg + n, sizeof(p->msg) - n, fmt, ap);
+    va_end(ap);
+}

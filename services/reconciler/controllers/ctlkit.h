@@ -165,4 +165,16 @@ extern const rec_controller rec_ctl_rolerefs_rolebindings;
 extern const rec_controller rec_ctl_workspacetemplate;          /* workspace.c */
 extern const rec_controller rec_ctl_namespace;                  /* namespace.c */
 
+/* What went wrong in one reconcile, reported as one Warning Event: the
+ * first reason, every message joined with "; " (truncated at the buffer),
+ * and whether to look again with backoff. Zero-initialize before use. */
+typedef struct {
+    const char *reason;
+    char msg[768];
+    int retry;
+} ck_problem;
+
+void ck_problem_add(ck_problem *p, const char *reason, int retry, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 #endif

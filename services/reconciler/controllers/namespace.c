@@ -45,32 +45,6 @@ static int is_role_template(const json_t *role)
 
 static ck_cache role_templates = CK_CACHE_INIT(RES_ROLES, is_role_template);
 
-typedef struct {
-    const char *reason;
-    char msg[512];
-    int retry;
-} ns_problem;
-
-static void problem(ns_problem *p, const char *reason, int retry, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void problem(ns_problem *p, const char *reason, int retry, const char *fmt, ...)
-{
-    va_list ap;
-    size_t n = strlen(p->msg);
-
-    if (p->reason == NULL)
-        p->reason = reason;
-    p->retry |= retry;
-    if (n > 0 && n < sizeof(p->msg) - 2) {
-        memcpy(p->msg + n, "; ", 3);
-        n += 2;
-    }
-    va_start(ap, fmt);
-    if (n < sizeof(p->msg))
-        vsnprintf(p->msg + n, sizeof(p->msg) - n, fmt, ap);
-    va_end(ap);
-}
 
 /* ---- the roles and the creator's binding ---- */
 
@@ -115,7 +89,7 @@ static ks_status sync_roles(rec_runtime *rt, const char *ns)
     return st;
 }
 
-static ks_status sync_creator(rec_runtime *rt, const json_t *nsobj, const char *ns, ns_problem *p)
+static ks_status sync_creator(rec_runtime *rt, const json_t *nsobj, const char *ns, ck_problem *p)
 {
     static const char *const fields[] = {"roleRef", "subjects", NULL};
     const char *creator = ck_annotation(nsobj, CREATOR_ANNOTATION);
@@ -128,13 +102,13 @@ static ks_status sync_creator(rec_runtime *rt, const json_t *nsobj, const char *
         return KS_OK;
     n = snprintf(name, sizeof(name), "%s-admin", creator);
     if (n < 0 || (size_t)n >= sizeof(name)) {
-        problem(p, "NameTooLong", 0, "RoleBinding %s-admin: the name is too long", creator);
+        ck_problem_add(p, "NameTooLong", 0, "RoleBinding %s-admin: the name is too long", creator);
         return KS_OK;
     }
     st = ck_get(rt, RES_ROLES, ns, "admin", &admin);
     if (st == KS_ERR_NOT_FOUND) {
         ks_status_clear();
-        problem(p, "RoleNotFound", 1,
+        ck_problem_add(p, "RoleNotFound", 1,
                 "Role %s/admin does not exist (no role template admin in %s): the creator %s is "
                 "not bound",
                 ns, TEMPLATE_NS, creator);
@@ -243,7 +217,7 @@ static ks_workqueue_result ns_reconcile(rec_runtime *rt, const char *key)
     char empty[2], ns[CK_NAME_MAX];
     json_t *obj = NULL, *cur = NULL;
     const char *ws;
-    ns_problem p;
+    ck_problem p;
     ks_workqueue_result res = ks_workqueue_ok();
     ks_status st;
 

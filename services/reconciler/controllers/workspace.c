@@ -53,33 +53,6 @@ static ck_cache role_templates = CK_CACHE_INIT(RES_WSR, is_role_template);
  * (the initial list of 10,000 users would). */
 static ck_cache workspace_templates = CK_CACHE_INIT(RES_WST, NULL);
 
-/* What went wrong, reported as one Warning on the WorkspaceTemplate. */
-typedef struct {
-    const char *reason;
-    char msg[768];
-    int retry;           /* look again with backoff */
-} ws_problem;
-
-static void problem(ws_problem *p, const char *reason, int retry, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void problem(ws_problem *p, const char *reason, int retry, const char *fmt, ...)
-{
-    va_list ap;
-    size_t n = strlen(p->msg);
-
-    if (p->reason == NULL)
-        p->reason = reason;
-    p->retry |= retry;
-    if (n > 0 && n < sizeof(p->msg) - 2) {
-        memcpy(p->msg + n, "; ", 3);
-        n += 2;
-    }
-    va_start(ap, fmt);
-    if (n < sizeof(p->msg))
-        vsnprintf(p->msg + n, sizeof(p->msg) - n, fmt, ap);
-    va_end(ap);
-}
 
 static const json_t *template_md(const json_t *tpl)
 {
@@ -140,7 +113,7 @@ static json_t *role_copy(const json_t *t, const char *ws, const char *name)
     return o;
 }
 
-static ks_status sync_roles(rec_runtime *rt, const char *ws, ws_problem *p)
+static ks_status sync_roles(rec_runtime *rt, const char *ws, ck_problem *p)
 {
     static const char *const fields[] = {"rules", "aggregationRoleTemplates", NULL};
     json_t *templates = ck_cache_get(&role_templates, rt);
@@ -153,7 +126,7 @@ static ks_status sync_roles(rec_runtime *rt, const char *ws, ws_problem *p)
         int n = snprintf(name, sizeof(name), "%s-%s", ws, ck_name(t));
 
         if (n < 0 || (size_t)n >= sizeof(name)) {
-            problem(p, "NameTooLong", 0, "WorkspaceRole %s-%s: the name is too long", ws,
+            ck_problem_add(p, "NameTooLong", 0, "WorkspaceRole %s-%s: the name is too long", ws,
                     ck_name(t));
             continue;
         }
@@ -168,7 +141,7 @@ static ks_status sync_roles(rec_runtime *rt, const char *ws, ws_problem *p)
 
 /* ---- the manager's binding ---- */
 
-static ks_status sync_manager(rec_runtime *rt, const json_t *tpl, const char *ws, ws_problem *p)
+static ks_status sync_manager(rec_runtime *rt, const json_t *tpl, const char *ws, ck_problem *p)
 {
     static const char *const fields[] = {"roleRef", "subjects", NULL};
     const char *manager = json_string_value(json_object_get(template_spec(tpl), "manager"));
@@ -178,19 +151,19 @@ static ks_status sync_manager(rec_runtime *rt, const json_t *tpl, const char *ws
     int n;
 
     if (manager == NULL || manager[0] == '\0') {
-        problem(p, "NoManager", 0,
+        ck_problem_add(p, "NoManager", 0,
                 "spec.template.spec.manager is empty: no WorkspaceRoleBinding %s-admin", ws);
         return KS_OK;
     }
     n = snprintf(role, sizeof(role), "%s-admin", ws);
     if (n < 0 || (size_t)n >= sizeof(role)) {
-        problem(p, "NameTooLong", 0, "%s-admin: the name is too long", ws);
+        ck_problem_add(p, "NameTooLong", 0, "%s-admin: the name is too long", ws);
         return KS_OK;
     }
     st = ck_get(rt, RES_USERS, "", manager, &user);
     if (st == KS_ERR_NOT_FOUND) {
         ks_status_clear();
-        problem(p, "ManagerNotFound",
+        ck_problem_add(p, "ManagerNotFound",
                 0, "the manager User %s does not exist: %s-admin is bound once it does", manager,
                 ws);
         return KS_OK;
@@ -202,7 +175,7 @@ static ks_status sync_manager(rec_runtime *rt, const json_t *tpl, const char *ws
     st = ck_get(rt, RES_WSR, "", role, &r);
     if (st == KS_ERR_NOT_FOUND) {
         ks_status_clear();
-        problem(p, "RoleNotFound", 1,
+        ck_problem_add(p, "RoleNotFound", 1,
                 "WorkspaceRole %s does not exist (no role template admin): the manager %s is not "
                 "bound",
                 role, manager);
@@ -285,7 +258,7 @@ static ks_workqueue_result ws_reconcile(rec_runtime *rt, const char *key)
 {
     char ns[CK_NAME_MAX], ws[CK_NAME_MAX];
     json_t *tpl = NULL, *cur = NULL;
-    ws_problem p;
+    ck_problem p;
     ks_workqueue_result res = ks_workqueue_ok();
     ks_status st;
 
