@@ -56,6 +56,7 @@ if [ ! -x "$WRK" ]; then
 fi
 
 TMP="$(mktemp -d /tmp/kscore-bench-gw.XXXXXX)"
+export KS_AUDIT_SPOOL_DIR="$TMP/audit-spool"   # the gateways' audit spools (one per listen address)
 declare -a OWN=()
 CP_DIR=""
 cleanup() {

@@ -68,7 +68,8 @@ service_env() {
     echo "KS_KUBECONFIG=$RUN_DIR/kubeconfig"
     case "$name" in
         apigw) echo "KS_HTTP_ADDR=$HTTP_ADDR"
-               echo "KS_JWT_SECRET_FILE=$RUN_DIR/jwt-secret" ;;
+               echo "KS_JWT_SECRET_FILE=$RUN_DIR/jwt-secret"
+               echo "KS_AUDIT_SPOOL_DIR=$RUN_DIR/audit-spool" ;;
         iam) echo "KS_JWT_SECRET_FILE=$RUN_DIR/jwt-secret" ;;
         audit) echo "KS_AUDIT_DB=$RUN_DIR/audit.db" ;;
     esac

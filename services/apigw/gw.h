@@ -5,7 +5,9 @@
  *   authn.c        Bearer JWT in-process, Basic via ks.iam.authn -> r->user
  *   authz.c        public paths, decision cache, ks.iam.authz
  *   dispatch.c     /oauth/... and /kapis/... over NATS, /api(s) to kube-apiserver
- * and, after the response, audit.c. A stage either calls gw_next(r) (maybe
+ *   audit.c        (strict mode only) refuse while events cannot be recorded
+ * and, when the answer is handed to libmicrohttpd, audit.c records the
+ * request's AuditEvent. A stage either calls gw_next(r) (maybe
  * later, from a NATS thread), or ends the request with gw_respond*().
  * server.c owns the HTTP side: it suspends the connection while stages wait
  * and resumes it when the answer is ready; no worker thread ever blocks on
@@ -46,6 +48,18 @@ typedef struct {
     char *tls_cert_file;            /* both set: HTTPS (PEM files) */
     char *tls_key_file;
     long long discovery_interval_ms;/* full $SRV.INFO scan period (discovery.c) */
+    /* audit.c */
+    char *audit_mode;               /* async | strict | off */
+    char *audit_policy_file;
+    char *audit_spool_dir;
+    long long audit_spool_max_bytes;
+    long long audit_queue;
+    long long audit_queue_wait_ms;
+    long long audit_body_max;
+    long long audit_ack_timeout_ms;
+    long long audit_max_age_ms;     /* the stream, when the gateway creates it */
+    long long audit_max_bytes;
+    long long audit_stream_replicas;
 } gw_config;
 
 /* One request header as received (server.c copies them all at the start). */
@@ -73,6 +87,8 @@ struct gw_request {
     gw_header_kv *headers;           /* every request header, in order (copies) */
     size_t nheaders;
     char request_id[GW_REQUEST_ID_MAX];
+    char audit_id[40];               /* UUIDv7 of this request's AuditEvent */
+    int audited;                     /* its event was recorded (audit.c, under mu) */
     char *body;
     size_t body_len;
     int body_too_large;
@@ -95,6 +111,12 @@ struct gw_request {
     char *resp_headers[GW_MAX_RESP_HEADERS][2];
     size_t nresp_headers;
     struct MHD_Response *stream;     /* a streaming answer (proxy), instead of resp_body */
+    /* an answer held until its audit event is acknowledged (strict mode) */
+    int held_code;
+    char *held_body;
+    size_t held_len;
+    char held_ct[128];
+    struct MHD_Response *held_stream;
 
     /* server.c's own bookkeeping: not for the stages */
     int refs;                        /* the HTTP side + the chain while it runs */
@@ -123,6 +145,7 @@ struct gw {
     void *authz;       /* authz.c */
     void *dispatch;    /* dispatch.c */
     void *proxy;       /* proxy.c */
+    void *audit;       /* audit.c */
 };
 
 /* A stage: runs on r, then calls gw_next(r) or answers. */
@@ -137,6 +160,7 @@ void gw_stage_requestinfo(gw_request *r);
 void gw_stage_authn(gw_request *r);
 void gw_stage_authz(gw_request *r);
 void gw_stage_dispatch(gw_request *r);
+void gw_stage_audit_gate(gw_request *r);  /* audit.h */
 
 ks_status gw_authn_start(gw *g);
 void gw_authn_stop(gw *g);

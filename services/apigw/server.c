@@ -38,6 +38,7 @@
 #include <unistd.h>
 
 #include "addr.h"
+#include "audit.h"
 #include "gw.h"
 #include "log.h"
 #include "metrics.h"
@@ -48,6 +49,7 @@ const gw_stage_fn gw_stages[] = {
     gw_stage_requestinfo,
     gw_stage_authn,
     gw_stage_authz,
+    gw_stage_audit_gate,
     gw_stage_dispatch,
 };
 const size_t gw_nstages = sizeof(gw_stages) / sizeof(gw_stages[0]);
@@ -274,6 +276,14 @@ void gw_clear_deadline(gw_request *r)
 
 /* ---- life cycle ---- */
 
+static void request_free_early(gw_request *r)
+{
+    pthread_mutex_destroy(&r->mu);
+    free((char *)r->url);
+    free(r->raw_query);
+    free(r);
+}
+
 static gw_request *request_new(gw *g, struct MHD_Connection *conn, const char *uri)
 {
     gw_request *r = calloc(1, sizeof(*r));
@@ -298,6 +308,10 @@ static gw_request *request_new(gw *g, struct MHD_Connection *conn, const char *u
     r->refs = 1;
     r->received_us = now_us();
     r->received_mono_us = mono_us();
+    if (ks_uuid_v7(r->audit_id) != KS_OK) {
+        request_free_early(r);
+        return NULL;
+    }
     return r;
 }
 
@@ -312,6 +326,9 @@ static void request_free(gw_request *r)
     free(r->raw_query);
     free(r->body);
     free(r->resp_body);
+    free(r->held_body);
+    if (r->held_stream != NULL)
+        MHD_destroy_response(r->held_stream);
     free(r->hdr_buf);
     free(r->headers);
     for (size_t i = 0; i < r->nresp_headers; i++) {
@@ -407,9 +424,11 @@ static void answer_locked(gw_request *r, int code, const char *reason, const cha
 
 /* The chain's end: install the answer (unless the server answered first),
  * resume, drop the chain's reference. Takes ownership of body and stream. */
-static void finish(gw_request *r, int code, const char *content_type, char *body, size_t len,
-                   struct MHD_Response *stream)
+static void install(gw_request *r, int code, const char *content_type, char *body, size_t len,
+                    struct MHD_Response *stream)
 {
+    int gone;
+
     pthread_mutex_lock(&r->mu);
     if (!r->in_chain) {
         /* a stage answered twice: a bug, but never a double free */
@@ -439,7 +458,76 @@ static void finish(gw_request *r, int code, const char *content_type, char *body
         if (stream)
             MHD_destroy_response(stream);
     }
+    /* the client went away: nobody queues this answer, record it here */
+    gone = r->conn == NULL && r->state == GW_DONE;
+    if (gone) {
+        r->refs++;
+        pthread_mutex_unlock(&r->mu);
+        gw_audit_record(r, r->resp_body, r->resp_len);
+        pthread_mutex_lock(&r->mu);
+        r->refs--;
+    }
     unref_unlock(r);
+}
+
+/* Strict mode: the held answer goes out once its event is acknowledged, a
+ * 503 instead when it cannot be (the event itself is spooled and stored
+ * later, with the real outcome). */
+static void held_done(gw_request *r, int acked)
+{
+    char *body = r->held_body;
+    struct MHD_Response *stream = r->held_stream;
+
+    r->held_body = NULL;
+    r->held_stream = NULL;
+    if (acked) {
+        install(r, r->held_code, r->held_ct, body, r->held_len, stream);
+        return;
+    }
+    free(body);
+    if (stream)
+        MHD_destroy_response(stream);
+    ks_metric_inc(ks_metrics_counter(
+        "ks_gateway_audit_strict_unacknowledged_total",
+        "answers replaced by 503 because their audit event was not acknowledged", NULL));
+    pthread_mutex_lock(&r->mu);
+    clear_resp_headers(r);
+    add_header_locked(r, "Retry-After", "5");
+    pthread_mutex_unlock(&r->mu);
+    {
+        size_t blen;
+        char *b = status_json(503, "ServiceUnavailable",
+                              "the audit event of this request could not be recorded "
+                              "(KS_AUDIT_MODE=strict); the request may have been carried out",
+                              &blen);
+        install(r, 503, "application/json", b, b ? blen : 0, NULL);
+    }
+}
+
+static void finish(gw_request *r, int code, const char *content_type, char *body, size_t len,
+                   struct MHD_Response *stream)
+{
+    int hold;
+
+    pthread_mutex_lock(&r->mu);
+    hold = r->in_chain && r->state == GW_RUNNING && !r->audited && gw_audit_is_strict(r->g);
+    if (hold) {
+        /* the event describes this answer: set what it reads */
+        r->code = code;
+        snprintf(r->content_type, sizeof(r->content_type), "%s",
+                 content_type ? content_type : "application/json");
+        r->held_code = code;
+        snprintf(r->held_ct, sizeof(r->held_ct), "%s", r->content_type);
+        r->held_body = body;
+        r->held_len = body ? len : 0;
+        r->held_stream = stream;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (!hold) {
+        install(r, code, content_type, body, len, stream);
+        return;
+    }
+    gw_audit_record_acked(r, r->held_body, r->held_len, held_done);
 }
 
 void gw_respond(gw_request *r, int code, const char *content_type, const void *body, size_t len)
@@ -502,6 +590,7 @@ static enum MHD_Result queue_answer(gw_request *r)
     struct MHD_Response *resp = r->stream;
     enum MHD_Result ret;
 
+    gw_audit_record(r, r->resp_body, r->resp_len);
     if (resp == NULL) {
         resp = MHD_create_response_from_buffer(r->resp_len, r->resp_body ? r->resp_body : "",
                                                r->resp_body ? MHD_RESPMEM_MUST_FREE
@@ -513,6 +602,7 @@ static enum MHD_Result queue_answer(gw_request *r)
     }
     r->stream = NULL;
     MHD_add_response_header(resp, "X-Request-Id", r->request_id);
+    MHD_add_response_header(resp, "Audit-ID", r->audit_id);
     for (size_t i = 0; i < r->nresp_headers; i++)
         MHD_add_response_header(resp, r->resp_headers[i][0], r->resp_headers[i][1]);
     if (r->close_conn)
@@ -833,10 +923,15 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
     if (r->counted) {
         ks_metric_dec(S.m_in_flight);
+        int unqueued;
         pthread_mutex_lock(&r->mu);
         if (r->state == GW_DONE)
             record(r);
+        unqueued = r->state == GW_DONE && !r->queued;
         pthread_mutex_unlock(&r->mu);
+        /* an answer that was never queued (the connection ended first) */
+        if (unqueued)
+            gw_audit_record(r, r->resp_body, r->resp_len);
     }
     unlink_waiting(r);
     pthread_mutex_lock(&r->mu);

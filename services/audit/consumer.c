@@ -268,7 +268,7 @@ static ks_status setup(aud_consumer *c)
         .nsubjects = 1,
         .max_age_ms = c->cfg.max_age_ms,
         .max_bytes = c->cfg.max_bytes,
-        .duplicate_window_ms = 120000,
+        .duplicate_window_ms = KS_AUDIT_DUPLICATE_WINDOW_MS,
         .replicas = c->cfg.replicas,
     };
     ks_bus_consumer_cfg cc = {

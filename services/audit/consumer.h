@@ -32,8 +32,10 @@
 #include "status.h"
 #include "store.h"
 
-#define AUD_STREAM "KS_AUDIT"
-#define AUD_STREAM_SUBJECTS "ks.audit.>"
+#include "audit_stream.h"
+
+#define AUD_STREAM KS_AUDIT_STREAM
+#define AUD_STREAM_SUBJECTS KS_AUDIT_STREAM_SUBJECTS
 
 typedef struct {
     const char *durable;          /* this replica's durable consumer name */

@@ -38,6 +38,7 @@ REC="$BUILD_DIR/bin/kscore-reconciler"
 KUBECTL="$KS_DEPS_BIN/kubectl"
 NATS_CLI="$KS_DEPS_BIN/nats"
 TMP="$(mktemp -d /tmp/kscore-test-ctl.XXXXXX)"
+export KS_AUDIT_SPOOL_DIR="$TMP/audit-spool"   # the gateways' audit spools (one per listen address)
 LABEL="kscore.io/test=controllers-user"
 HA_USERS="${KS_TEST_HA_USERS:-500}"
 declare -A PID ADMIN

@@ -40,6 +40,7 @@ WAIT=20
 STOP_LIMIT_MS=2000
 
 TMP="$(mktemp -d /tmp/kscore-test-gateway.XXXXXX)"
+export KS_AUDIT_SPOOL_DIR="$TMP/audit-spool"   # the gateways' audit spools (one per listen address)
 declare -a OWN=()
 FAILED=0
 PASSED=0

@@ -34,6 +34,7 @@ KUBECTL="${KUBECTL:-$KS_DEPS_BIN/kubectl}"
 READY_TIMEOUT=30
 
 TMP="$(mktemp -d /tmp/kscore-test-gwauth.XXXXXX)"
+export KS_AUDIT_SPOOL_DIR="$TMP/audit-spool"   # the gateways' audit spools (one per listen address)
 SUFFIX="$$"
 UA="gwauth-a-$SUFFIX"          # platform-admin
 UB="gwauth-b-$SUFFIX"          # no rights of its own

@@ -36,6 +36,7 @@ KUBECTL="${KUBECTL:-$KS_DEPS_BIN/kubectl}"
 READY_TIMEOUT=30
 
 TMP="$(mktemp -d /tmp/kscore-test-gwkubectl.XXXXXX)"
+export KS_AUDIT_SPOOL_DIR="$TMP/audit-spool"   # the gateways' audit spools (one per listen address)
 SUFFIX="$$"
 UW="gwk-watched-$SUFFIX"     # changed elsewhere while kubectl watches
 UM="gwk-manifest-$SUFFIX"    # applied and deleted through the gateway

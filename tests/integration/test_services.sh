@@ -38,6 +38,7 @@ STOP_LIMIT_MS=2000
 READY_TIMEOUT=15
 
 TMP="$(mktemp -d /tmp/kscore-test-services.XXXXXX)"
+export KS_AUDIT_SPOOL_DIR="$TMP/audit-spool"   # the gateways' audit spools (one per listen address)
 MARK="kscore-test-services-$$"
 declare -a OWN=()          # "PID START" of every process started here
 FAILED=0
@@ -87,8 +88,8 @@ start_service() {
     [ "${1:-}" = -- ] && shift
     SEQ=$((SEQ + 1))
     SVC_MARK="$MARK-$name-$SEQ"
-    env "${UNSET_KS[@]}" KSCORE_TEST_MARK="$SVC_MARK" "${vars[@]}" \
-        "$BIN/kscore-$name" "$@" </dev/null >>"$logf" 2>&1 &
+    env "${UNSET_KS[@]}" KSCORE_TEST_MARK="$SVC_MARK" KS_AUDIT_SPOOL_DIR="$TMP/audit-spool" \
+        "${vars[@]}" "$BIN/kscore-$name" "$@" </dev/null >>"$logf" 2>&1 &
     SVC_PID=$!
     own "$SVC_PID"
 }
