@@ -116,6 +116,9 @@ static void response_status(event_buf *e, int code, const char *ct, const char *
             const char *msg = json_string_value(json_object_get(j, "message"));
             snprintf(e->reason, sizeof(e->reason), "%s", reason ? reason : "");
             e->status.reason = e->reason;
+            /* a validation error can echo the rejected value */
+            if (msg != NULL && gw_redact_value_is_secret(msg, strlen(msg)))
+                msg = "[REDACTED]";
             if (msg != NULL && (e->message = strdup(msg)) != NULL)
                 e->status.message = e->message;
         }
@@ -262,6 +265,15 @@ static gw_audit_level build(gw_audit *a, gw_request *r, const char *resp_body, s
     e->ev.response_status = &e->status;
     e->ev.request_received_unix_us = r->received_us;
     e->ev.stage_unix_us = now_us();
+    if (ri != NULL && ri->is_resource_request && ri->api_group[0] == '\0' &&
+        strcmp(ri->resource, "secrets") == 0) {
+        /* a patch of a Secret carries no kind to tell its data by: keep none */
+        if (level >= GW_AUDIT_REQUEST)
+            annotate(e, "kscore.io/request-object", "omitted: a Secret");
+        if (level >= GW_AUDIT_REQUEST_RESPONSE)
+            annotate(e, "kscore.io/response-object", "omitted: a Secret");
+        return level;
+    }
     if (level >= GW_AUDIT_REQUEST && !r->body_too_large)
         body_field(a, e, gw_header(r, "Content-Type"), r->body, r->body_len, &e->req_body,
                    &e->ev.request_object, "kscore.io/request-object");

@@ -202,6 +202,8 @@ static int string_action(rctx *c, const char *s, size_t n, int depth, json_t **r
 /* What to do with the value v found at depth. Containers are walked. */
 static int child_action(rctx *c, json_t *v, int depth, json_t **repl)
 {
+    if (v == c->red)
+        return KEEP;
     if (json_is_string(v))
         return string_action(c, json_string_value(v), json_string_length(v), depth, repl);
     if (json_is_object(v) || json_is_array(v)) {
@@ -353,10 +355,11 @@ static void redact_root(rctx *c, json_t *v)
 
 void gw_redact_json(json_t *v)
 {
-    rctx c = {.red = json_string(REDACTED)};
+    rctx c = {0};
 
     if (v == NULL)
         return;
+    c.red = json_string(REDACTED);
     redact_root(&c, v);
     json_decref(c.red);
 }
@@ -416,14 +419,16 @@ static int field_plan(const char *f, size_t n, char *scratch, int strict, int *n
     if (pct_decode(f, nn, scratch, strict, &dn))
         return -1;
     name_secret = gw_redact_key_is_secret(scratch, dn);
-    *name_red = gw_redact_value_is_secret(scratch, dn) || (name_secret && !plain_name(scratch, dn));
+    *name_red = gw_redact_value_is_secret(scratch, dn) ||
+                (name_secret && !plain_name(scratch, dn));
+    /* each part's name runs to its '=' or the next ';': linear in n */
     for (const char *p = memchr(f, ';', n); p != NULL && !name_secret;
          p = memchr(p + 1, ';', (size_t)(f + n - p - 1))) {
         const char *part = p + 1, *end = f + n;
-        const char *peq = memchr(part, '=', (size_t)(end - part));
-        const char *psemi = memchr(part, ';', (size_t)(end - part));
-        size_t pn = (size_t)((peq && (!psemi || peq < psemi) ? peq : psemi ? psemi : end) - part);
+        size_t pn = 0;
 
+        while (part + pn < end && part[pn] != '=' && part[pn] != ';')
+            pn++;
         if (pct_decode(part, pn, scratch, strict, &dn))
             return -1;
         name_secret = gw_redact_key_is_secret(scratch, dn);

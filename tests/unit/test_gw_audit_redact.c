@@ -185,6 +185,34 @@ static void test_linear(void **state)
     free(s);
 }
 
+/* The same for forms and queries: one field of many ';' parts, many
+ * fields, many escapes. */
+static void test_linear_forms(void **state)
+{
+    size_t n = 720720;   /* a multiple of every unit's length: whole escapes */
+    char *s = malloc(n + 3), *out;
+    static const char *const units[] = {"a;", "a=b;", "&", "%41", "=", "a;b=c&"};
+
+    (void)state;
+    assert_non_null(s);
+    for (size_t u = 0; u < sizeof(units) / sizeof(units[0]); u++) {
+        size_t ul = strlen(units[u]);
+        for (size_t i = 0; i < n; i++)
+            s[i] = units[u][i % ul];
+        assert_int_equal(gw_redact_body(FORM, s, n, 0, &out, NULL, NULL), KS_OK);
+        assert_non_null(out);
+        assert_memory_equal(out, s, n);
+        free(out);
+        memmove(s + 2, s, n);
+        memcpy(s, "/?", 2);
+        s[n + 2] = '\0';
+        assert_non_null(out = gw_redact_uri(s));
+        assert_string_equal(out, s);
+        free(out);
+    }
+    free(s);
+}
+
 /* ---- bodies ---- */
 
 typedef struct {
@@ -633,6 +661,7 @@ int main(void)
         cmocka_unit_test(test_key_is_secret),
         cmocka_unit_test(test_value_is_secret),
         cmocka_unit_test(test_linear),
+        cmocka_unit_test(test_linear_forms),
         cmocka_unit_test(test_bodies),
         cmocka_unit_test(test_body_edges),
         cmocka_unit_test(test_depth),
