@@ -1768,29 +1768,55 @@ static void add_subject(const ks_rbac *st, dctx *c, uint32_t kind, uint32_t id)
     c->subj[c->nsubj++] = (qsubj){.id = id, .kind = (uint16_t)kind, .phases = phases};
 }
 
+/* Whether group g is among the first nt token groups or the first nu of
+ * User.spec.groups (ug): a group the reason has listed already. */
+static bool group_listed(const ks_rbac *st, const ks_rbac_user *user, size_t nt,
+                         const ugroups *ug, uint32_t nu, const char *g)
+{
+    for (size_t i = 0; i < nt; i++)
+        if (strcmp(S(user->groups[i]), g) == 0)
+            return true;
+    for (uint32_t i = 0; i < nu; i++)
+        if (strcmp(intern_str(&st->in, ug->ids[i]), g) == 0)
+            return true;
+    return false;
+}
+
 static void deny_reason(const ks_rbac *st, const dctx *c, const ks_rbac_user *user,
                         const ks_rbac_request *req, const ugroups *ug, bool anonymous,
                         const int *phases, int nphases, const uint32_t *scopes,
                         ks_rbac_decision *out)
 {
     rbuf b = {.p = out->reason, .cap = sizeof(out->reason)};
+    const char *implicit = anonymous ? GROUP_UNAUTHENTICATED : GROUP_AUTHENTICATED;
     bool first = true;
 
+    /* Every group the decision considered, once each: the token's, then
+     * User.spec.groups and GroupBinding memberships (ug), then the implicit
+     * group, which a token usually carries already. The list stops where
+     * the reason is cut, which also bounds the duplicate checks. */
     rb_lit(&b, "RBAC: no rules authorize user ");
     rb_q(&b, anonymous ? ANONYMOUS : S(user->name));
     rb_lit(&b, " with groups [");
-    for (size_t i = 0; i < user->ngroups; i++) {
+    for (size_t i = 0; i < user->ngroups && !b.cut; i++) {
+        if (group_listed(st, user, i, NULL, 0, S(user->groups[i])))
+            continue;
         rb_s(&b, first ? "" : " ");
         rb_q(&b, S(user->groups[i]));
         first = false;
     }
-    for (uint32_t i = 0; ug != NULL && i < ug->n; i++) {
+    for (uint32_t i = 0; ug != NULL && i < ug->n && !b.cut; i++) {
+        const char *g = intern_str(&st->in, ug->ids[i]);
+        if (group_listed(st, user, user->ngroups, ug, i, g))
+            continue;
         rb_s(&b, first ? "" : " ");
-        rb_q(&b, intern_str(&st->in, ug->ids[i]));
+        rb_q(&b, g);
         first = false;
     }
-    rb_s(&b, first ? "" : " ");
-    rb_q(&b, anonymous ? GROUP_UNAUTHENTICATED : GROUP_AUTHENTICATED);
+    if (!b.cut && !group_listed(st, user, user->ngroups, ug, ug ? ug->n : 0, implicit)) {
+        rb_s(&b, first ? "" : " ");
+        rb_q(&b, implicit);
+    }
     rb_lit(&b, "] to ");
     rb_q(&b, S(req->verb));
     if (req->is_resource_request) {

@@ -354,6 +354,16 @@ static const dcase cases[] = {
      "to Group \"dev\""},
     {FX_BASE, "zed", {NULL}, WSP("ws2", "create", "", "namespaces", NULL, NULL), false, NONE,
      "user \"zed\" with groups [\"system:authenticated\"]"},
+    /* the reason lists each group once: a token carrying the implicit group
+     * (as the gateway's do), or User.spec.groups again, adds no duplicate */
+    {FX_BASE, "zed", {"system:authenticated", NULL},
+     WSP("ws2", "create", "", "namespaces", NULL, NULL), false, NONE,
+     "user \"zed\" with groups [\"system:authenticated\"] to"},
+    {FX_BASE, "kate", {"system:authenticated", "dev", "dev", NULL},
+     GLB("delete", "iam.kubesphere.io", "users", NULL, "x"), false, NONE,
+     "user \"kate\" with groups [\"system:authenticated\" \"dev\"] to"},
+    {FX_BASE, "quinn", {NULL}, GLB("delete", "iam.kubesphere.io", "users", NULL, "x"), false,
+     NONE, "user \"quinn\" with groups [\"qa\" \"system:authenticated\"] to"},
     {FX_BASE, "carol", {NULL}, WSP("ws1", "get", "", "namespaces", NULL, NULL), false, NONE,
      "missing role: WorkspaceRoleBinding \"carol-ws1-ghost\" of WorkspaceRole \"ws1-ghost\""},
     {FX_BASE, "nolan", {NULL}, WSP("ws1", "get", "", "namespaces", NULL, NULL), false, NONE,
