@@ -274,7 +274,14 @@ static gw_audit_level build(gw_audit *a, gw_request *r, const char *resp_body, s
             annotate(e, "kscore.io/response-object", "omitted: a Secret");
         return level;
     }
-    if (level >= GW_AUDIT_REQUEST && !r->body_too_large)
+    if (level >= GW_AUDIT_REQUEST && r->audit_body_kept) {
+        if (r->audit_body != NULL) {
+            e->ev.request_object.data = (uint8_t *)r->audit_body;
+            e->ev.request_object.len = r->audit_body_len;
+        } else {
+            annotate(e, "kscore.io/request-object", "omitted: not recordable");
+        }
+    } else if (level >= GW_AUDIT_REQUEST && !r->body_too_large)
         body_field(a, e, gw_header(r, "Content-Type"), r->body, r->body_len, &e->req_body,
                    &e->ev.request_object, "kscore.io/request-object");
     if (level >= GW_AUDIT_REQUEST_RESPONSE)
@@ -367,6 +374,20 @@ void gw_audit_record(gw_request *r, const char *resp_body, size_t resp_len)
     if (a == NULL || a->mode == MODE_OFF || !claim(r))
         return;
     submit(a, r, resp_body, resp_len, NULL, NULL);
+}
+
+void gw_audit_keep_body(gw_request *r)
+{
+    gw_audit *a = r->g->audit;
+    size_t len = 0;
+
+    if (a == NULL || a->mode == MODE_OFF || r->audit_body_kept || r->body == NULL)
+        return;
+    r->audit_body_kept = 1;
+    if (gw_redact_body(gw_header(r, "Content-Type"), r->body, r->body_len, a->body_max,
+                       &r->audit_body, &len, NULL) != KS_OK)
+        r->audit_body = NULL;
+    r->audit_body_len = r->audit_body ? len : 0;
 }
 
 typedef struct {

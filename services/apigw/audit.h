@@ -39,6 +39,10 @@ void gw_audit_record(gw_request *r, const char *resp_body, size_t resp_len);
 void gw_audit_record_acked(gw_request *r, const char *resp_body, size_t resp_len,
                            void (*done)(gw_request *r, int acked));
 
+/* Keep a redacted copy of r's request body for its event, before a stage
+ * wipes the body (the token endpoint does: it held a password). */
+void gw_audit_keep_body(gw_request *r);
+
 /* The stage before dispatch: in strict mode, refuse with 503 while events
  * cannot reach JetStream. */
 void gw_stage_audit_gate(gw_request *r);

@@ -22,6 +22,7 @@
 #include "codec.h"
 #include "api.h"
 #include "discovery.h"
+#include "audit.h"
 #include "gw.h"
 #include "jwt.h"
 #include "kscore/v1/api.pb-c.h"
@@ -353,6 +354,7 @@ static void dispatch_token(gw_request *r)
     /* The body held a password or a refresh token: it is not kept past
      * here (so no later stage can log it). */
     if (r->body != NULL) {
+        gw_audit_keep_body(r); /* its redacted copy, for the audit event */
         explicit_bzero(r->body, r->body_len);
         r->body_len = 0;
     }

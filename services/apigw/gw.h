@@ -89,6 +89,9 @@ struct gw_request {
     char request_id[GW_REQUEST_ID_MAX];
     char audit_id[40];               /* UUIDv7 of this request's AuditEvent */
     int audited;                     /* its event was recorded (audit.c, under mu) */
+    char *audit_body;                /* redacted request body kept for the event (audit.c) */
+    size_t audit_body_len;
+    int audit_body_kept;             /* audit_body replaces body (NULL: not recordable) */
     char *body;
     size_t body_len;
     int body_too_large;

@@ -422,7 +422,8 @@ static int hop_by_hop(const char *name, size_t n)
 {
     static const char *const drop[] = {"Connection", "Keep-Alive", "Proxy-Connection", "TE",
                                        "Trailer", "Transfer-Encoding", "Upgrade",
-                                       "Content-Length", "X-Request-Id"};
+                                       "Content-Length", "X-Request-Id",
+                                       "Audit-ID" /* kube echoes ours; the gateway sets it */};
     for (size_t i = 0; i < sizeof(drop) / sizeof(drop[0]); i++)
         if (strlen(drop[i]) == n && strncasecmp(name, drop[i], n) == 0)
             return 1;
@@ -1098,7 +1099,7 @@ static int xfer_setup(px_state *p, px_xfer *x, gw_request *r, const ks_requestin
     CURL *h;
     char *url = NULL;
     size_t need;
-    int has_accept = 0, has_ct = 0, has_audit = 0, rc = 0;
+    int has_accept = 0, has_ct = 0, rc = 0;
     int64_t left;
 
     h = handle_get(p);
@@ -1118,7 +1119,8 @@ static int xfer_setup(px_state *p, px_xfer *x, gw_request *r, const ks_requestin
             continue;
         has_accept |= strcasecmp(hv->name, "Accept") == 0;
         has_ct |= strcasecmp(hv->name, "Content-Type") == 0;
-        has_audit |= strcasecmp(hv->name, "Audit-ID") == 0;
+        if (strcasecmp(hv->name, "Audit-ID") == 0)
+            continue; /* the gateway's own auditID goes up instead */
         if (hdr_append_kv(&l, hv->name, hv->value) != 0)
             goto nomem;
     }
@@ -1129,8 +1131,8 @@ static int xfer_setup(px_state *p, px_xfer *x, gw_request *r, const ks_requestin
         goto nomem;
     if (hdr_append(&l, "Expect:") != 0)
         goto nomem;
-    /* kube-apiserver's audit log then names the same request */
-    if (!has_audit && hdr_append_kv(&l, "Audit-ID", r->request_id) != 0)
+    /* kube-apiserver's audit log then names the same request as ours */
+    if (hdr_append_kv(&l, "Audit-ID", r->audit_id) != 0)
         goto nomem;
     if (r->source_ip[0] != '\0') {
         /* the client's list (already within the 16 KiB of headers), then the peer */

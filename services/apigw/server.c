@@ -327,6 +327,7 @@ static void request_free(gw_request *r)
     free(r->body);
     free(r->resp_body);
     free(r->held_body);
+    free(r->audit_body);
     if (r->held_stream != NULL)
         MHD_destroy_response(r->held_stream);
     free(r->hdr_buf);

@@ -739,7 +739,10 @@ static void append_source(sqlbuf *sb, const aud_query *q, const plan *pl)
             sb->oom = 1;
             return;
         }
-        sb_add(sb, " FROM aud_fts f JOIN aud_events e ON e.seq = f.rowid WHERE aud_fts MATCH ");
+        /* CROSS JOIN: read the trigram matches first. With a plain JOIN
+         * SQLite may walk an index of aud_events and run the match once per
+         * row (23 s against 6 ms on 135k rows, user_filter + ip search). */
+        sb_add(sb, " FROM aud_fts f CROSS JOIN aud_events e ON e.seq = f.rowid WHERE aud_fts MATCH ");
         sb_bind(sb, 0, 0, m, 1);
     } else {
         sb_add(sb, " FROM aud_events e WHERE 1");
