@@ -4,8 +4,8 @@
  *   requestinfo.c  parse the path (lib/requestinfo)            -> r->info
  *   authn.c        Bearer JWT in-process, Basic via ks.iam.authn -> r->user
  *   authz.c        public paths, decision cache, ks.iam.authz
- *   dispatch.c     /oauth/... and /kapis/... over NATS, /api(s) to kube-apiserver
  *   audit.c        (strict mode only) refuse while events cannot be recorded
+ *   dispatch.c     /oauth/... and /kapis/... over NATS, /api(s) to kube-apiserver
  * and, when the answer is handed to libmicrohttpd, audit.c records the
  * request's AuditEvent. A stage either calls gw_next(r) (maybe
  * later, from a NATS thread), or ends the request with gw_respond*().
