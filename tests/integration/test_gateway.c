@@ -61,6 +61,17 @@ void gw_stage_authz(gw_request *r)
     gw_next(r);
 }
 
+/* the audit producer is tested in test_audit_chain.sh: none here */
+int gw_audit_is_strict(const gw *g) { return 0; }
+void gw_audit_record(gw_request *r, const char *resp_body, size_t resp_len) {}
+void gw_audit_record_acked(gw_request *r, const char *resp_body, size_t resp_len,
+                           void (*done)(gw_request *r, int acked))
+{
+    done(r, 1);
+}
+void gw_audit_keep_body(gw_request *r) {}
+void gw_stage_audit_gate(gw_request *r) { gw_next(r); }
+
 ks_status gw_authn_start(gw *g) { return KS_OK; }
 void gw_authn_stop(gw *g) {}
 ks_status gw_authz_start(gw *g) { return KS_OK; }
