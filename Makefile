@@ -76,6 +76,9 @@ help:
 	@echo "make bench       benchmarks -> bench/REPORT.md"
 	@echo "make fuzz        libFuzzer targets for FUZZ_SECONDS (default 60; scripts/fuzz.sh)"
 	@echo "make valgrind    integration tests under valgrind"
+	@echo "make compose-up  the docker-compose stack (deploy/compose/), built and healthy"
+	@echo "make compose-down  stop it (data stays in its volumes)"
+	@echo "make compose-test  end-to-end suite against a throwaway compose stack"
 	@echo "SANITIZER=address,undefined  build or test a sanitized tree"
 
 deps:
@@ -157,6 +160,16 @@ up: all
 
 down:
 	$(Q)scripts/run.sh stop
+
+# ---- the docker-compose stack (deploy/compose/, scripts/compose.sh) ----
+compose-up:
+	$(Q)scripts/compose.sh up
+
+compose-down:
+	$(Q)scripts/compose.sh down
+
+compose-test:
+	$(Q)scripts/compose.sh test
 
 FUZZ_SECONDS ?= 60
 fuzz:

@@ -160,6 +160,47 @@ static void on_js_ack(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae, v
 
 /* ---- connection ---- */
 
+#define BUS_MAX_SERVERS 32
+
+/* The server list of a comma-separated URL list ("nats://a:4222,nats://b:4222",
+ * spaces around commas allowed). natsOptions_SetURL takes one URL only: with a
+ * list, cnats (3.4.1 and 3.10.1 alike) tries the whole text as one address
+ * and never connects. */
+static natsStatus set_servers(natsOptions *opts, const char *urls)
+{
+    const char *list[BUS_MAX_SERVERS];
+    char *copy, *tok, *next, *end;
+    int n = 0;
+    natsStatus ns = NATS_OK;
+
+    if (strchr(urls, ',') == NULL)
+        return natsOptions_SetURL(opts, urls);
+    copy = strdup(urls);
+    if (copy == NULL)
+        return NATS_NO_MEMORY;
+    for (tok = copy; tok != NULL; tok = next) {
+        next = strchr(tok, ',');
+        if (next != NULL)
+            *next++ = '\0';
+        while (*tok == ' ' || *tok == '\t')
+            tok++;
+        end = tok + strlen(tok);
+        while (end > tok && (end[-1] == ' ' || end[-1] == '\t'))
+            *--end = '\0';
+        if (*tok == '\0')
+            continue;
+        if (n == BUS_MAX_SERVERS) {
+            ns = NATS_INVALID_ARG;
+            break;
+        }
+        list[n++] = tok;
+    }
+    if (ns == NATS_OK)
+        ns = n > 0 ? natsOptions_SetServers(opts, list, n) : NATS_INVALID_ARG;
+    free(copy); /* natsOptions_SetServers keeps copies */
+    return ns;
+}
+
 ks_status ks_bus_connect(const ks_bus_opts *o, ks_bus **out)
 {
     ks_status st = KS_ERR_INVALID;
@@ -182,7 +223,7 @@ ks_status ks_bus_connect(const ks_bus_opts *o, ks_bus **out)
     bus->js_wait_ms = o->js_max_wait_ms > 0 ? o->js_max_wait_ms : 5000;
 
     ns = natsOptions_Create(&bus->opts);
-    if (ns == NATS_OK) ns = natsOptions_SetURL(bus->opts, o->url);
+    if (ns == NATS_OK) ns = set_servers(bus->opts, o->url);
     if (ns == NATS_OK && o->name) ns = natsOptions_SetName(bus->opts, o->name);
     if (ns == NATS_OK) ns = natsOptions_SetTimeout(bus->opts, o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 2000);
     if (ns == NATS_OK) ns = natsOptions_SetMaxReconnect(bus->opts, -1);

@@ -18,7 +18,7 @@ NATSCLI_VERSION="${NATSCLI_VERSION:-v0.5.0}"
 APT_PACKAGES="build-essential pkg-config libnats-dev libprotobuf-c-dev
 protobuf-c-compiler libmicrohttpd-dev libjansson-dev libsqlite3-dev
 libcmocka-dev libcurl4-openssl-dev libcrypt-dev libssl-dev nats-server curl
-ca-certificates openssl valgrind python3 iproute2 clang wrk"
+ca-certificates openssl valgrind python3 iproute2 clang wrk debootstrap"
 
 log() { printf 'deps: %s\n' "$*" >&2; }
 

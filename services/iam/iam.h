@@ -52,6 +52,7 @@ typedef struct {
     long long login_window_ms;     /* ... within this window */
     long long read_wait_ms;        /* read-your-writes deadline */
     char *admin_password;          /* bootstrap admin; secret */
+    long long revoked_replicas;    /* replicas of KS_REVOKED when this replica creates it */
 } iam_config;
 
 typedef struct iam_revocations iam_revocations;

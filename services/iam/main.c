@@ -34,6 +34,9 @@ static const ks_config_opt iam_options[] = {
      "how long a read waits for the mirror to show a write", 0},
     {"admin-password", KS_CFG_STRING, "P@88w0rd", 0, 0, NULL,
      offsetof(iam_config, admin_password), "password of the bootstrap user admin", 1},
+    {"revoked-replicas", KS_CFG_INT, "1", 1, 5, NULL, offsetof(iam_config, revoked_replicas),
+     "replicas of the revocation bucket KS_REVOKED when this replica creates it (3 in a "
+     "3-server NATS cluster)", 0},
 };
 
 static iam state;

@@ -454,7 +454,10 @@ static void on_published(ks_bus *bus, ks_bus_msg *msg, void *arg)
 
 static ks_status open_bucket(struct iam_revocations *r)
 {
-    ks_bus_kv_cfg cfg = {.bucket = REV_BUCKET, .history = 1, .replicas = 1, .ttl_ms = r->ttl_ms};
+    ks_bus_kv_cfg cfg = {.bucket = REV_BUCKET,
+                         .history = 1,
+                         .replicas = (int)r->s->cfg->revoked_replicas,
+                         .ttl_ms = r->ttl_ms};
     ks_bus_kv *kv = NULL;
     ks_status st;
 
