@@ -497,6 +497,7 @@ ks_status gw_audit_start(gw *g)
             .queue_wait_ms = c->audit_queue_wait_ms,
             .window = 512,
             .ack_timeout_ms = (int)c->audit_ack_timeout_ms,
+            .retry_ms = c->audit_retry_ms,
             .stream_max_age_ms = c->audit_max_age_ms,
             .stream_max_bytes = c->audit_max_bytes,
             .stream_replicas = (int)c->audit_stream_replicas,

@@ -20,6 +20,7 @@
 #define SPOOL_BATCH 1000              /* queued events appended per fdatasync */
 #define DRAIN_BACKOFF_MIN_MS 250
 #define DRAIN_BACKOFF_MAX_MS 5000
+#define RETRY_PAUSE_MS 100             /* between publishes of a failed round */
 
 /* One event: "subject\0msg_id\0" then the packed AuditEvent, the same bytes
  * the spool keeps as a record. */
@@ -392,6 +393,17 @@ static size_t take(gw_audit_pub *p, item **out, size_t max)
     return n;
 }
 
+/* 1 once stop() was called and its grace period is over. */
+static int stopping(gw_audit_pub *p)
+{
+    int late;
+
+    pthread_mutex_lock(&p->mu);
+    late = p->stop && mono_ms() >= p->stop_deadline_ms;
+    pthread_mutex_unlock(&p->mu);
+    return late;
+}
+
 static void direct_round(gw_audit_pub *p, item **its, size_t n)
 {
     char *recs[SPOOL_BATCH];
@@ -402,15 +414,38 @@ static void direct_round(gw_audit_pub *p, item **its, size_t n)
         recs[i] = its[i]->rec;
         lens[i] = its[i]->len;
     }
+    int64_t give_up = mono_ms() + p->cfg.retry_ms;
+
     publish_round(p, recs, lens, n, ok);
-    /* acked ones are done; the failed ones keep their order into the spool */
-    for (size_t i = 0; i < n; i++) {
-        if (ok[i]) {
-            ks_metric_inc(m_published);
-            item_finish(its[i], 1);
-        } else {
-            its[nfail++] = its[i];
+    for (;;) {
+        /* acked ones are done; the failed ones keep their order */
+        nfail = 0;
+        for (size_t i = 0; i < n; i++) {
+            if (ok[i]) {
+                ks_metric_inc(m_published);
+                item_finish(its[i], 1);
+            } else {
+                its[nfail] = its[i];
+                recs[nfail] = recs[i];
+                lens[nfail] = lens[i];
+                nfail++;
+            }
         }
+        n = nfail;
+        /* A stream leader that went away (a NATS node lost) is replaced
+         * within seconds: publish the same events again (same Nats-Msg-Id)
+         * for up to retry_ms before spooling them. Nothing newer goes out
+         * meanwhile, so the order holds. */
+        if (n == 0 || mono_ms() >= give_up || !ks_bus_is_connected(p->bus) || stopping(p))
+            break;
+        {
+            struct timespec pause = {0, RETRY_PAUSE_MS * 1000000L};
+            nanosleep(&pause, NULL);
+        }
+        p->stream_checked = 0;
+        if (stream_check(p) != KS_OK)
+            continue;
+        publish_round(p, recs, lens, n, ok);
     }
     if (nfail > 0) {
         p->stream_checked = 0;

@@ -5,10 +5,12 @@
  * connection of its own, works in rounds:
  *   direct mode    take up to `window` queued events, publish each
  *                  asynchronously with Nats-Msg-Id = its auditID, wait until
- *                  every one is acknowledged or has failed. A failure (no
- *                  connection, no ack within ack_timeout_ms, the stream
- *                  refusing) sends the round's failed events to the spool, in
- *                  their order, and switches to spool mode.
+ *                  every one is acknowledged or has failed. The failed ones
+ *                  are published again (same Nats-Msg-Id) while connected,
+ *                  for up to retry_ms (a stream leader lost with its NATS
+ *                  node is replaced within seconds); what still fails (no
+ *                  connection, no ack, the stream refusing) goes to the
+ *                  spool, in order, and the publisher switches to spool mode.
  *   spool mode     every queued event is appended to the spool on disk
  *                  (audit_spool.h; one fdatasync per batch), and while NATS is
  *                  connected the spool is drained oldest first in rounds of
@@ -46,6 +48,7 @@ typedef struct {
     int64_t queue_wait_ms;         /* a full queue blocks submit this long, then the event is lost */
     size_t window;                 /* events per publish round */
     int ack_timeout_ms;            /* JetStream ack wait */
+    int64_t retry_ms;              /* a failed round is published again this long, then spooled */
     /* the stream, when the gateway has to create it */
     int64_t stream_max_age_ms;
     int64_t stream_max_bytes;

@@ -57,6 +57,7 @@ typedef struct {
     long long audit_queue_wait_ms;
     long long audit_body_max;
     long long audit_ack_timeout_ms;
+    long long audit_retry_ms;
     long long audit_max_age_ms;     /* the stream, when the gateway creates it */
     long long audit_max_bytes;
     long long audit_stream_replicas;

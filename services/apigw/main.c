@@ -59,7 +59,10 @@ static const ks_config_opt apigw_options[] = {
      "(larger ones are left out, with an annotation)", 0},
     {"audit-ack-timeout", KS_CFG_DURATION, "2s", 100, 60000, NULL,
      offsetof(gw_config, audit_ack_timeout_ms),
-     "wait for JetStream's ack of an audit event before it goes to the spool", 0},
+     "wait for JetStream's ack of one publish of an audit event", 0},
+    {"audit-retry", KS_CFG_DURATION, "5s", 0, 600000, NULL, offsetof(gw_config, audit_retry_ms),
+     "events without an ack are published again for this long (a stream leader lost with its "
+     "NATS node is replaced within seconds) before they go to the spool", 0},
     {"audit-max-age", KS_CFG_DURATION, "720h", 0, 100LL * 366 * 86400000LL, NULL,
      offsetof(gw_config, audit_max_age_ms),
      "retention of the stream KS_AUDIT if the gateway creates it (0: unlimited)", 0},
