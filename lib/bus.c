@@ -990,15 +990,18 @@ out:
     return st;
 }
 
-ks_status ks_bus_kv_last_revision(ks_bus_kv *kv, uint64_t *revision)
+ks_status ks_bus_kv_last_revision(ks_bus_kv *kv, int timeout_ms, uint64_t *revision)
 {
     char stream[300];
     jsStreamInfo *si = NULL;
     jsErrCode code = 0;
+    jsOptions jo;
     natsStatus ns;
 
     snprintf(stream, sizeof(stream), "KV_%s", kvStore_Bucket(kv->kv));
-    ns = js_GetStreamInfo(&si, kv->bus->js, stream, NULL, &code);
+    jsOptions_Init(&jo);
+    jo.Wait = timeout_ms > 0 ? timeout_ms : kv->bus->js_wait_ms;
+    ns = js_GetStreamInfo(&si, kv->bus->js, stream, &jo, &code);
     if (ns != NATS_OK)
         return js_error(ns, code, stream);
     *revision = si->State.LastSeq;

@@ -269,8 +269,10 @@ ks_status ks_bus_kv_get(ks_bus_kv *kv, const char *key, void **value, size_t *le
                         uint64_t *revision) __attribute__((warn_unused_result));
 
 /* The bucket's last revision (its stream's last sequence; 0 when empty):
- * every change up to it is in the bucket. One JetStream API round trip. */
-ks_status ks_bus_kv_last_revision(ks_bus_kv *kv, uint64_t *revision)
+ * every change up to it is in the bucket. One JetStream API round trip,
+ * waiting at most timeout_ms (0: js_max_wait_ms); a stream whose leader is
+ * being elected (a NATS node lost) answers KS_ERR_TIMEOUT meanwhile. */
+ks_status ks_bus_kv_last_revision(ks_bus_kv *kv, int timeout_ms, uint64_t *revision)
     __attribute__((warn_unused_result));
 
 /* Called for each entry of a watch, on the watch's own thread. entry == NULL

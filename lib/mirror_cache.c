@@ -743,15 +743,19 @@ ks_status ks_mirror_cache_barrier(ks_mirror_cache *cache, int timeout_ms)
     uint64_t target = 0;
     ks_status st;
 
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    ks_bus_kv *kv = NULL;
+
     pthread_mutex_lock(&cache->mu);
-    /* kv is stable once the state left OPENING (set under mu after kv). */
-    st = atomic_load(&cache->state) != MC_STATE_OPENING && cache->kv != NULL
-             ? ks_bus_kv_last_revision(cache->kv, &target)
-             : KS_FAIL(KS_ERR_UNAVAILABLE, "the mirror bucket is not open");
+    /* kv is stable once the state left OPENING (set under mu after kv), and
+     * lives until the cache is destroyed: the round trip needs no lock */
+    if (atomic_load(&cache->state) != MC_STATE_OPENING)
+        kv = cache->kv;
     pthread_mutex_unlock(&cache->mu);
+    st = kv != NULL ? ks_bus_kv_last_revision(kv, timeout_ms, &target)
+                    : KS_FAIL(KS_ERR_UNAVAILABLE, "the mirror bucket is not open");
     if (st)
         return st;
-    clock_gettime(CLOCK_MONOTONIC, &start);
     /* The watch usually delivers within a millisecond (DESIGN.md §11). */
     while (atomic_load(&cache->last_revision) < target) {
         clock_gettime(CLOCK_MONOTONIC, &now);

@@ -526,7 +526,7 @@ static void check_watch(struct iam_revocations *r, ks_bus_kv *kv)
     uint64_t last = 0;
     ks_bus_kv_watcher *w = NULL;
 
-    if (ks_bus_kv_last_revision(kv, &last) != KS_OK || last <= atomic_load(&r->seen)) {
+    if (ks_bus_kv_last_revision(kv, 0, &last) != KS_OK || last <= atomic_load(&r->seen)) {
         r->stuck_at = 0;
         return;
     }
