@@ -707,8 +707,10 @@ static void *run(void *arg)
                 capbatch = n;
             }
         }
-        memcpy(batch, c->queue, n * sizeof(*batch));
-        memmove(c->queue, c->queue + n, (c->nqueue - n) * sizeof(*c->queue));
+        if (n > 0) { /* batch is still NULL before the first message */
+            memcpy(batch, c->queue, n * sizeof(*batch));
+            memmove(c->queue, c->queue + n, (c->nqueue - n) * sizeof(*c->queue));
+        }
         c->nqueue -= n;
         if (c->nqueue > 0)
             c->queue_since_ms = mono_ms();
