@@ -16,7 +16,10 @@
  *      position reaches N (every event committed, in the store's own
  *      transactions).
  * Both store runs use the service's default synchronous=FULL; the same
- * three again with synchronous=NORMAL are reported too.
+ * three again with synchronous=NORMAL are reported too. Also reported: the
+ * pipeline's store transactions (count, mean size, share of the run) and
+ * the CPU per event of the raw loop, the writer thread, this process and
+ * the bench's own nats-server (steadier than the rates on a shared machine).
  *
  * Queries: a store of M events (1,000,000) built with the store's own
  * append path, then five typical filtered queries, each Q times with
@@ -27,7 +30,8 @@
  * Environment: KS_NATS_URL (scripts/bench.sh's server; without it the bench
  * starts its own nats-server on a free 127.0.0.1 port in a temporary
  * folder), KS_BENCH_AUDIT_EVENTS (N, 100000), KS_BENCH_AUDIT_ROWS (M,
- * 1000000), KS_BENCH_AUDIT_QUERIES (Q, 200). The stream KS_AUDIT of that
+ * 1000000), KS_BENCH_AUDIT_QUERIES (Q, 200), KS_BENCH_AUDIT_BATCH (the
+ * pipeline's batch_max, 1000 like the service's default). The stream KS_AUDIT of that
  * server is deleted and recreated. Exits non-zero only when something
  * could not be measured; targets are judged in the output. */
 #include <errno.h>
@@ -76,6 +80,14 @@ static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double cpu_s(clockid_t id)
+{
+    struct timespec ts;
+    if (clock_gettime(id, &ts) != 0)
+        return 0;
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
@@ -393,6 +405,8 @@ static void rm_db(const char *path)
     unlink(p);
 }
 
+static double raw_cpu_us[2];   /* CPU per row of the raw SQLite baseline: NORMAL, FULL */
+
 /* The same rows, plain batched INSERTs into the store's schema. */
 static double run_sqlite_baseline(const ev *v, size_t n, int sync_full)
 {
@@ -403,7 +417,7 @@ static double run_sqlite_baseline(const ev *v, size_t n, int sync_full)
     sqlite3_stmt *ins = NULL, *fts = NULL, *term = NULL;
     sqlite3 *db;
     uint8_t chain[32] = {0};
-    double t0, t1;
+    double t0, t1, c0;
 
     snprintf(path, sizeof(path), "%s/raw.db", dir);
     rm_db(path);
@@ -429,6 +443,7 @@ static double run_sqlite_baseline(const ev *v, size_t n, int sync_full)
         fprintf(stderr, "bench_audit: prepare: %s\n", sqlite3_errmsg(db));
         exit(1);
     }
+    c0 = cpu_s(CLOCK_THREAD_CPUTIME_ID);
     t0 = now_s();
     for (size_t i = 0; i < n; i++) {
         const aud_row *r = &rows[i];
@@ -486,6 +501,7 @@ static double run_sqlite_baseline(const ev *v, size_t n, int sync_full)
             sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
     }
     t1 = now_s();
+    raw_cpu_us[sync_full ? 1 : 0] = (cpu_s(CLOCK_THREAD_CPUTIME_ID) - c0) * 1e6 / (double)n;
     sqlite3_finalize(ins);
     sqlite3_finalize(fts);
     sqlite3_finalize(term);
@@ -500,7 +516,39 @@ static double run_sqlite_baseline(const ev *v, size_t n, int sync_full)
 typedef struct {
     double rate;           /* events/s, first publish to last commit */
     double publish_rate;   /* of the publisher during the same run */
+    double commits;        /* store transactions */
+    double commit_s;       /* time in them, BEGIN to COMMIT */
+    double seconds;        /* first publish to last commit */
+    double writer_us;      /* CPU of the consumer's writer thread per event */
+    double process_us;     /* CPU of this process (publisher, consumer, sweeper) per event */
+    double nats_us;        /* CPU of the bench's own nats-server per event (0: not ours) */
 } ingest_result;
+
+
+/* utime + stime of our nats-server, in seconds (0 when it is not ours). */
+static double nats_cpu_s(void)
+{
+    char p[64], buf[1024], *c;
+    unsigned long ut = 0, st = 0;
+    FILE *f;
+    size_t n;
+
+    if (own_nats <= 0)
+        return 0;
+    snprintf(p, sizeof(p), "/proc/%d/stat", (int)own_nats);
+    if ((f = fopen(p, "r")) == NULL)
+        return 0;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* fields after the command's closing parenthesis: 14 and 15 are utime, stime */
+    if ((c = strrchr(buf, ')')) == NULL ||
+        sscanf(c + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+        return 0;
+    return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static size_t pipeline_batch;
 
 static ingest_result run_ingestion(const ev *v, size_t n, int sync_full)
 {
@@ -509,13 +557,14 @@ static ingest_result run_ingestion(const ev *v, size_t n, int sync_full)
     aud_sweeper_cfg wc = {.store = {.sync_full = sync_full}, .interval_ms = 3600000};
     aud_sweeper *sw = NULL;
     aud_consumer_cfg cc = {.durable = "bench-audit", .max_age_ms = 30LL * 86400000,
-                           .max_bytes = 8LL << 30, .replicas = 1, .batch_max = 1000,
+                           .max_bytes = 8LL << 30, .replicas = 1, .batch_max = pipeline_batch,
                            .batch_wait_ms = 20, .ack_wait_ms = 30000, .max_ack_pending = 20000};
     ks_bus *cbus = connect_bus("bench-audit-consumer", 0), *pbus = connect_bus("bench-audit-pub", 1);
     aud_store *s = NULL;
     aud_consumer *c = NULL;
     ingest_result r;
-    double t0, tp, t1;
+    double t0, tp, t1, commits0, commit_s0, proc0, nats0;
+    clockid_t wclock;
     char why[256];
 
     snprintf(path, sizeof(path), "%s/ingest.db", dir);
@@ -534,6 +583,10 @@ static ingest_result run_ingestion(const ev *v, size_t n, int sync_full)
         fprintf(stderr, "bench_audit: consumer not bound: %s\n", why);
         exit(1);
     }
+    commits0 = ks_metric_value(m_commit);
+    commit_s0 = ks_metric_sum(m_commit);
+    proc0 = cpu_s(CLOCK_PROCESS_CPUTIME_ID);
+    nats0 = nats_cpu_s();
     t0 = now_s();
     publish_all(pbus, v, n);
     tp = now_s();
@@ -548,6 +601,13 @@ static ingest_result run_ingestion(const ev *v, size_t n, int sync_full)
     t1 = now_s();
     r.rate = (double)n / (t1 - t0);
     r.publish_rate = (double)n / (tp - t0);
+    r.seconds = t1 - t0;
+    r.process_us = (cpu_s(CLOCK_PROCESS_CPUTIME_ID) - proc0) * 1e6 / (double)n;
+    r.nats_us = (nats_cpu_s() - nats0) * 1e6 / (double)n;
+    r.writer_us = pthread_getcpuclockid(c->thread, &wclock) == 0
+                      ? cpu_s(wclock) * 1e6 / (double)n : 0;
+    r.commits = ks_metric_value(m_commit) - commits0;
+    r.commit_s = ks_metric_sum(m_commit) - commit_s0;
     aud_consumer_stop(c);
     aud_sweeper_stop(sw);
     aud_store_close(s);
@@ -735,6 +795,8 @@ int main(void)
     size_t n_ing = (size_t)env_long("KS_BENCH_AUDIT_EVENTS", 100000, 1000, 10000000);
     size_t n_db = (size_t)env_long("KS_BENCH_AUDIT_ROWS", 1000000, 1000, 100000000);
     int nq = (int)env_long("KS_BENCH_AUDIT_QUERIES", 200, 10, 100000);
+    /* the service's default KS_AUDIT_BATCH_SIZE */
+    pipeline_batch = (size_t)env_long("KS_BENCH_AUDIT_BATCH", 1000, 1, 10000);
     const char *url = getenv("KS_NATS_URL");
     double pub_rate, raw_full, raw_normal, build_rate, t0, cont_ms = 0, from_ms = 0;
     ingest_result ing_full, ing_normal;
@@ -837,8 +899,19 @@ int main(void)
            ing_normal.rate / raw_normal);
     printf("\nPublisher rate during the pipeline runs: %.0f/s (FULL), %.0f/s (NORMAL). "
            "The store's own append path (decode, chain, insert) built the %zu-event store at %.0f "
-           "events/s (synchronous=NORMAL).\n\n",
+           "events/s (synchronous=NORMAL).\n",
            ing_full.publish_rate, ing_normal.publish_rate, n_db, build_rate);
+    printf("Store transactions in the pipeline runs: %.0f of %.0f events on average, %.0f%% of "
+           "the run spent in them (FULL); %.0f of %.0f, %.0f%% (NORMAL).\n",
+           ing_full.commits, (double)n_ing / (ing_full.commits > 0 ? ing_full.commits : 1),
+           100 * ing_full.commit_s / ing_full.seconds, ing_normal.commits,
+           (double)n_ing / (ing_normal.commits > 0 ? ing_normal.commits : 1),
+           100 * ing_normal.commit_s / ing_normal.seconds);
+    printf("CPU per event: raw SQLite %.1f us (FULL), %.1f us (NORMAL); in the pipeline runs, "
+           "the writer thread %.1f us, this process (publisher, consumer, sweeper) %.1f us, "
+           "nats-server %.1f us (FULL); %.1f, %.1f, %.1f us (NORMAL).\n\n",
+           raw_cpu_us[1], raw_cpu_us[0], ing_full.writer_us, ing_full.process_us, ing_full.nats_us,
+           ing_normal.writer_us, ing_normal.process_us, ing_normal.nats_us);
     printf("| query over %zu events | p50 ms | p99 ms | max ms | mean total |\n|---|---:|---:|---:|---:|\n",
            n_db);
     for (int i = 0; i < nqr; i++)
