@@ -314,7 +314,7 @@ static void submit(gw_audit *a, gw_request *r, const char *resp_body, size_t res
     len = kscore__v1__audit_event__get_packed_size(&e.ev);
     if (len > sizeof(stackbuf) && (buf = malloc(len)) == NULL) {
         event_buf_free(&e);
-        gw_audit_pub_submit(a->pub, subject, r->audit_id, "", 0, done, arg); /* counts the loss */
+        gw_audit_pub_lost(a->pub, r->audit_id, done, arg);
         return;
     }
     kscore__v1__audit_event__pack(&e.ev, buf);
@@ -391,6 +391,7 @@ void gw_audit_keep_body(gw_request *r)
 }
 
 typedef struct {
+    gw_audit *a;
     gw_request *r;
     void (*done)(gw_request *r, int acked);
 } strict_wait;
@@ -401,6 +402,8 @@ static void strict_done(void *arg, int acked)
     gw_request *r = w->r;
     void (*done)(gw_request *, int) = w->done;
 
+    if (!acked)
+        ks_metric_inc(w->a->m_strict_failed);
     free(w);
     done(r, acked);
 }
@@ -421,6 +424,7 @@ void gw_audit_record_acked(gw_request *r, const char *resp_body, size_t resp_len
         done(r, 0);
         return;
     }
+    w->a = a;
     w->r = r;
     w->done = done;
     submit(a, r, resp_body, resp_len, strict_done, w);

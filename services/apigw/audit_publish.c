@@ -605,6 +605,15 @@ fail:
     return st;
 }
 
+void gw_audit_pub_lost(gw_audit_pub *p, const char *msg_id, gw_audit_done_fn done, void *arg)
+{
+    (void)p;
+    ks_metric_inc(m_lost_encode);
+    ks_error("audit: event %s LOST: out of memory building it", msg_id);
+    if (done)
+        done(arg, 0);
+}
+
 ks_status gw_audit_pub_submit(gw_audit_pub *p, const char *subject, const char *msg_id,
                               const void *data, size_t len, gw_audit_done_fn done, void *arg)
 {
@@ -612,10 +621,7 @@ ks_status gw_audit_pub_submit(gw_audit_pub *p, const char *subject, const char *
     struct timespec until;
 
     if (it == NULL) {
-        ks_metric_inc(m_lost_encode);
-        ks_error("audit: event %s LOST: out of memory", msg_id);
-        if (done)
-            done(arg, 0);
+        gw_audit_pub_lost(p, msg_id, done, arg);
         return KS_FAIL(KS_ERR_NOMEM, "audit event");
     }
     it->done = done;

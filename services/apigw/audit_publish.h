@@ -70,6 +70,10 @@ ks_status gw_audit_pub_start(const gw_audit_pub_cfg *cfg, gw_audit_pub **out)
 ks_status gw_audit_pub_submit(gw_audit_pub *p, const char *subject, const char *msg_id,
                               const void *data, size_t len, gw_audit_done_fn done, void *arg);
 
+/* An event that could not be built (out of memory): count and log the
+ * loss (reason "encode"); done, when given, gets 0. */
+void gw_audit_pub_lost(gw_audit_pub *p, const char *msg_id, gw_audit_done_fn done, void *arg);
+
 /* 1 when events go straight to JetStream (connected, spool empty). */
 int gw_audit_pub_direct(gw_audit_pub *p);
 

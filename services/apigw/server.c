@@ -488,9 +488,6 @@ static void held_done(gw_request *r, int acked)
     free(body);
     if (stream)
         MHD_destroy_response(stream);
-    ks_metric_inc(ks_metrics_counter(
-        "ks_gateway_audit_strict_unacknowledged_total",
-        "answers replaced by 503 because their audit event was not acknowledged", NULL));
     pthread_mutex_lock(&r->mu);
     clear_resp_headers(r);
     add_header_locked(r, "Retry-After", "5");
